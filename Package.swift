@@ -1,0 +1,53 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+  name: "swift-vhost-user",
+  platforms: [.macOS(.v15)],
+  products: [
+    .library(name: "VhostProtocol", targets: ["VhostProtocol"]),
+    .library(name: "VhostSystem", targets: ["VhostSystem"]),
+    .library(name: "VhostTransport", targets: ["VhostTransport"]),
+    .library(name: "Virtqueue", targets: ["Virtqueue"]),
+    .library(name: "VhostFrontend", targets: ["VhostFrontend"]),
+    .executable(name: "vhost-user", targets: ["VhostUserCLI"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+  ],
+  targets: [
+    .target(name: "CVhostShim"),
+    .target(name: "VhostProtocol", swiftSettings: strict),
+    .target(name: "VhostSystem", dependencies: ["CVhostShim"], swiftSettings: strict),
+    .target(name: "VhostTooling", swiftSettings: strict),
+    .target(name: "VhostTransport", dependencies: ["VhostSystem", "VhostProtocol"], swiftSettings: strict),
+    .target(name: "Virtqueue", dependencies: ["VhostSystem"], swiftSettings: strict),
+    .target(
+      name: "VhostFrontend",
+      dependencies: [
+        "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue",
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: strict),
+    .executableTarget(
+      name: "VhostUserCLI",
+      dependencies: [
+        "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "VhostTooling", "Virtqueue",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: strict),
+    .testTarget(name: "VhostProtocolTests", dependencies: ["VhostProtocol"], swiftSettings: strict),
+    .testTarget(
+      name: "VhostFrontendTests",
+      dependencies: ["VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue"],
+      swiftSettings: strict),
+    .testTarget(
+      name: "InteropTests",
+      dependencies: ["VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTooling", "VhostTransport", "Virtqueue"],
+      swiftSettings: strict),
+  ]
+)

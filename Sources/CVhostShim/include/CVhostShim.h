@@ -1,0 +1,55 @@
+// A tiny C shim for what Swift cannot import directly: CMSG_* macros, epoll, eventfd, memfd.
+#ifndef C_VHOST_SHIM_H
+#define C_VHOST_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Sends `len` bytes from `buf` with `nfds` descriptors from `fds` as SCM_RIGHTS in one sendmsg(2).
+/// Returns bytes sent or -1 with errno set. Uses MSG_NOSIGNAL.
+ssize_t _cvh_sendmsg_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+
+/// Receives up to `len` bytes into `buf` with recvmsg(2) and MSG_CMSG_CLOEXEC, collecting up to
+/// `maxfds` SCM_RIGHTS descriptors into `fds`. `*nfds` gets the count; `*ctrunc` is set to 1 when
+/// the kernel reported MSG_CTRUNC (descriptors were lost). Returns bytes read or -1 with errno.
+/// Descriptors beyond `maxfds` that arrived in the control buffer are closed here.
+ssize_t _cvh_recvmsg_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int *ctrunc);
+
+/// eventfd(2) with EFD_CLOEXEC | flags.
+int _cvh_eventfd(unsigned int initval, int flags);
+int _cvh_efd_nonblock(void);
+
+/// memfd_create(2) with MFD_CLOEXEC (and MFD_ALLOW_SEALING when `sealing` is non-zero).
+int _cvh_memfd_create(const char *name, int sealing);
+
+/// epoll wrappers.
+int _cvh_epoll_create(void);
+int _cvh_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+/// Waits for events; fills `fds_out`/`events_out` (parallel arrays) with up to `max` entries.
+int _cvh_epoll_wait(int epfd, uint64_t *data_out, uint32_t *events_out, int max, int timeout_ms);
+int _cvh_epoll_ctl_add(void);
+int _cvh_epoll_ctl_mod(void);
+int _cvh_epoll_ctl_del(void);
+uint32_t _cvh_epollin(void);
+uint32_t _cvh_epollout(void);
+uint32_t _cvh_epollerr(void);
+uint32_t _cvh_epollhup(void);
+
+/// poll(2) on one descriptor for readability; returns 1 ready, 0 timeout, -1 error.
+int _cvh_poll_readable(int fd, int timeout_ms);
+
+/// The maximum number of descriptors one vhost-user message may carry in our receive path.
+int _cvh_max_fds(void);
+
+/// accept4(2) with SOCK_CLOEXEC.
+int _cvh_accept_cloexec(int fd);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

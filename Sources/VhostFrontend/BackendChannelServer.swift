@@ -1,0 +1,116 @@
+import Foundation
+import VhostProtocol
+import VhostSystem
+import VhostTransport
+
+/// Serves the back-end channel (SET_BACKEND_REQ_FD) on its own thread: config-change notices,
+/// in-band vring call/err, the shared-object table, and a clean "not supported" for the rest.
+/// Replies go out only when the back-end sets NEED_REPLY (REPLY_ACK).
+public final class BackendChannelServer: @unchecked Sendable {
+  let channel: MessageChannel
+  weak var connection: VhostUserConnection?
+  private let lock = NSLock()
+  private var _configChanges = 0
+  private var _vringCalls: [UInt32: Int] = [:]
+  private var _vringErrors: [UInt32: Int] = [:]
+  private var _sharedObjects: Set<[UInt8]> = []
+  private var _rejected: [String] = []
+  private var thread: Thread?
+  private let done = NSCondition()
+  private var finished = false
+  /// Called (on the channel thread) for each BACKEND_CONFIG_CHANGE_MSG.
+  public var onConfigChange: (@Sendable () -> Void)?
+
+  init(socket: UnixSocket, connection: VhostUserConnection, timeoutMilliseconds: Int) {
+    channel = MessageChannel(socket: socket, timeoutMilliseconds: timeoutMilliseconds)
+    self.connection = connection
+  }
+
+  func start() {
+    let t = Thread { [self] in
+      self.run()
+      self.done.lock()
+      self.finished = true
+      self.done.broadcast()
+      self.done.unlock()
+    }
+    t.name = "vhost-user-backend-channel"
+    thread = t
+    t.start()
+  }
+
+  /// Stops serving and waits for the thread to end.
+  public func stop() {
+    channel.socket.shutdown()
+    guard thread != nil else { return }
+    done.lock()
+    while !finished { _ = done.wait(until: Date().addingTimeInterval(1)) }
+    done.unlock()
+  }
+
+  /// How many BACKEND_CONFIG_CHANGE_MSG arrived.
+  public var configChanges: Int { lock.withLock { _configChanges } }
+  /// In-band BACKEND_VRING_CALL counts per ring.
+  public var vringCalls: [UInt32: Int] { lock.withLock { _vringCalls } }
+  /// BACKEND_VRING_ERR counts per ring.
+  public var vringErrors: [UInt32: Int] { lock.withLock { _vringErrors } }
+  /// UUIDs registered with BACKEND_SHARED_OBJECT_ADD.
+  public var sharedObjects: Set<[UInt8]> { lock.withLock { _sharedObjects } }
+  /// Requests refused as unsupported or malformed, by name.
+  public var rejected: [String] { lock.withLock { _rejected } }
+
+  private func run() {
+    while true {
+      let raw: RawMessage
+      do {
+        raw = try channel.receiveRaw(waitMilliseconds: -1)
+      } catch {
+        return  // closed, or a header we cannot resync from: the channel ends
+      }
+      let status: UInt64
+      var needsReply = raw.header.flags.contains(.needReply)
+      let code = BackendRequest(rawValue: raw.header.request)
+      do {
+        let received = try MessageChannel.decodeRequest(raw, as: BackendRequest.self)
+        status = handle(received.message)
+        needsReply = received.message.needsReply
+      } catch {
+        lock.withLock { _rejected.append(code.name) }
+        status = 1
+      }
+      let acked = connection?.state.protocolFeatures.contains(.replyAck) ?? false
+      if needsReply && acked {
+        do {
+          try channel.reply(to: code, payload: .u64(status))
+        } catch {
+          return
+        }
+      }
+    }
+  }
+
+  /// Returns the REPLY_ACK status for one request.
+  private func handle(_ message: BackendMessage) -> UInt64 {
+    switch (message.code, message.payload) {
+    case (.configChange, _):
+      lock.withLock { _configChanges += 1 }
+      onConfigChange?()
+      return 0
+    case (.vringCall, .vringState(let s)):
+      lock.withLock { _vringCalls[s.index, default: 0] += 1 }
+      return 0
+    case (.vringErr, .vringState(let s)):
+      lock.withLock { _vringErrors[s.index, default: 0] += 1 }
+      return 0
+    case (.sharedObjectAdd, .sharedObject(let o)):
+      lock.withLock { _ = _sharedObjects.insert(o.uuid) }
+      return 0
+    case (.sharedObjectRemove, .sharedObject(let o)):
+      return lock.withLock { _sharedObjects.remove(o.uuid) == nil ? 1 : 0 }
+    default:
+      // IOTLB misses (no vIOMMU here), host notifiers, SHMEM and lookups we cannot serve.
+      lock.withLock { _rejected.append(message.code.name) }
+      return 1
+    }
+  }
+}

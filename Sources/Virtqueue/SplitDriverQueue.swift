@@ -1,0 +1,184 @@
+import VhostSystem
+
+/// One buffer of a descriptor chain, as the driver places it: guest-physical address, length,
+/// and whether the device writes it.
+public struct DriverBuffer: Sendable, Hashable {
+  public var guestAddress: UInt64
+  public var length: UInt32
+  public var deviceWritable: Bool
+  public init(guestAddress: UInt64, length: UInt32, deviceWritable: Bool) {
+    self.guestAddress = guestAddress
+    self.length = length
+    self.deviceWritable = deviceWritable
+  }
+}
+
+/// A completed chain as reported in the used ring.
+public struct UsedElement: Sendable, Hashable {
+  public var head: UInt16
+  public var length: UInt32
+}
+
+/// Split-ring descriptor flags.
+public enum SplitDescriptorFlags {
+  public static let next: UInt16 = 1
+  public static let write: UInt16 = 2
+  public static let indirect: UInt16 = 4
+}
+
+public enum QueueError: Error, Sendable, CustomStringConvertible {
+  case full(needed: Int, free: Int)
+  case emptyChain
+  case corruptUsedRing(String)
+  case memory(MemoryAccessError)
+
+  public var description: String {
+    switch self {
+    case .full(let n, let f): "virtqueue full: chain needs \(n) descriptors, \(f) free"
+    case .emptyChain: "a descriptor chain needs at least one buffer"
+    case .corruptUsedRing(let s): "device wrote an invalid used ring: \(s)"
+    case .memory(let e): e.description
+    }
+  }
+}
+
+/// The driver side of a split virtqueue living in front-end-owned shared memory, so the front-end
+/// can do I/O itself (as DPDK's virtio_user does): add chains, publish, decide whether to kick, reap.
+public final class SplitDriverQueue: @unchecked Sendable {
+  public let size: UInt16
+  public let eventIndex: Bool
+  let mem: SharedMemory
+  /// Offsets of the three parts inside the driver memory.
+  public let descOffset: UInt64
+  public let availOffset: UInt64
+  public let usedOffset: UInt64
+  private let driverMemory: DriverMemory
+
+  private var freeHead: UInt16 = 0
+  private var freeCount: Int
+  private var nextFree: [UInt16]
+  private var chainLength: [Int]
+  private var availIdx: UInt16 = 0
+  private var lastKickedAvail: UInt16 = 0
+  private var lastUsed: UInt16 = 0
+
+  /// Lays out a ring of `size` entries (a power of two ≤ 32768) in `memory`.
+  public init(size: UInt16, in memory: DriverMemory, eventIndex: Bool = false) throws {
+    precondition(size > 0 && size & (size - 1) == 0, "queue size must be a power of two")
+    self.size = size
+    self.eventIndex = eventIndex
+    driverMemory = memory
+    mem = memory.memory
+    let n = Int(size)
+    descOffset = try memory.allocate(16 * n, alignment: 16)
+    availOffset = try memory.allocate(6 + 2 * n, alignment: 2)
+    usedOffset = try memory.allocate(6 + 8 * n, alignment: 4)
+    try mem.fill(0, at: descOffset, count: 16 * n)
+    try mem.fill(0, at: availOffset, count: 6 + 2 * n)
+    try mem.fill(0, at: usedOffset, count: 6 + 8 * n)
+    nextFree = (0..<size).map { $0 &+ 1 }
+    chainLength = Array(repeating: 0, count: n)
+    freeCount = n
+  }
+
+  /// Ring addresses as this process sees them (SET_VRING_ADDR carries user addresses).
+  public var descUserAddr: UInt64 { driverMemory.uva(descOffset) }
+  public var availUserAddr: UInt64 { driverMemory.uva(availOffset) }
+  public var usedUserAddr: UInt64 { driverMemory.uva(usedOffset) }
+
+  public var freeDescriptors: Int { freeCount }
+  /// The descriptor the next `add` will use as its head (lets callers tie a buffer to a head).
+  public var nextHead: UInt16 { freeHead }
+  /// The next avail index the device should start from (SET_VRING_BASE).
+  public var availIndex: UInt16 { availIdx }
+
+  /// Writes a chain into the descriptor table and publishes its head in the avail ring.
+  /// Device-readable buffers must precede device-writable ones. Returns the head index.
+  @discardableResult
+  public func add(_ buffers: [DriverBuffer]) throws(QueueError) -> UInt16 {
+    guard !buffers.isEmpty else { throw .emptyChain }
+    guard buffers.count <= freeCount else { throw .full(needed: buffers.count, free: freeCount) }
+    let head = freeHead
+    var index = head
+    do {
+      for (i, b) in buffers.enumerated() {
+        let at = descOffset + UInt64(index) * 16
+        let last = i == buffers.count - 1
+        let following = nextFree[Int(index)]
+        var flags: UInt16 = b.deviceWritable ? SplitDescriptorFlags.write : 0
+        if !last { flags |= SplitDescriptorFlags.next }
+        try mem.store(b.guestAddress, at: at)
+        try mem.store(b.length, at: at + 8)
+        try mem.store(flags, at: at + 12)
+        try mem.store(last ? 0 : following, at: at + 14)
+        if !last { index = following } else { freeHead = following }
+      }
+      freeCount -= buffers.count
+      chainLength[Int(head)] = buffers.count
+      try mem.store(head, at: availOffset + 4 + UInt64(availIdx % size) * 2)
+      availIdx &+= 1
+      try mem.storeRelease16(availIdx, at: availOffset + 2)
+    } catch {
+      throw .memory(error)
+    }
+    return head
+  }
+
+  /// Whether the device asked to be notified about the chains published since the last kick
+  /// (EVENT_IDX: avail_event; otherwise the used ring's NO_NOTIFY flag). Call before kicking.
+  public func needsKick() -> Bool {
+    SharedMemory.fullFence()
+    defer { lastKickedAvail = availIdx }
+    if eventIndex {
+      guard let event = try? mem.load(UInt16.self, at: usedOffset + 4 + UInt64(size) * 8) else { return true }
+      return (availIdx &- event &- 1) < (availIdx &- lastKickedAvail)
+    }
+    guard let flags = try? mem.load(UInt16.self, at: usedOffset) else { return true }
+    return flags & 1 == 0
+  }
+
+  /// Collects chains the device has completed and returns their descriptors to the free list.
+  public func reapUsed() throws(QueueError) -> [UsedElement] {
+    var result: [UsedElement] = []
+    do {
+      let usedIdx = try mem.loadAcquire16(at: usedOffset + 2)
+      let pending = usedIdx &- lastUsed
+      guard pending <= size else { throw QueueError.corruptUsedRing("used index advanced by \(pending) > \(size)") }
+      while lastUsed != usedIdx {
+        let at = usedOffset + 4 + UInt64(lastUsed % size) * 8
+        let id = try mem.load(UInt32.self, at: at)
+        let len = try mem.load(UInt32.self, at: at + 4)
+        guard id < UInt32(size), chainLength[Int(id)] > 0 else {
+          throw QueueError.corruptUsedRing("used id \(id) is not an outstanding chain head")
+        }
+        release(head: UInt16(id))
+        result.append(UsedElement(head: UInt16(id), length: len))
+        lastUsed &+= 1
+      }
+      if eventIndex { try mem.store(lastUsed, at: availOffset + 4 + UInt64(size) * 2) }
+    } catch let error as QueueError {
+      throw error
+    } catch let error as MemoryAccessError {
+      throw .memory(error)
+    } catch {
+      throw .corruptUsedRing("\(error)")
+    }
+    return result
+  }
+
+  private func release(head: UInt16) {
+    let count = chainLength[Int(head)]
+    chainLength[Int(head)] = 0
+    var last = head
+    for _ in 1..<max(count, 1) { last = nextFree[Int(last)] }
+    // The chain's descriptors are linked through nextFree already (they were taken in order).
+    nextFree[Int(last)] = freeHead
+    freeHead = head
+    freeCount += count
+  }
+
+  /// Suppresses (or re-enables) used-buffer notifications from the device (no-EVENT_IDX mode).
+  public func setInterruptsSuppressed(_ suppressed: Bool) {
+    try? mem.store(UInt16(suppressed ? 1 : 0), at: availOffset)
+  }
+}
