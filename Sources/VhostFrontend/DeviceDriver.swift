@@ -3,6 +3,16 @@ import VhostSystem
 import VhostTransport
 import Virtqueue
 
+/// Virtio device status bits (SET_STATUS).
+public enum DeviceStatus {
+  public static let acknowledge: UInt8 = 1
+  public static let driver: UInt8 = 2
+  public static let driverOK: UInt8 = 4
+  public static let featuresOK: UInt8 = 8
+  public static let needsReset: UInt8 = 64
+  public static let failed: UInt8 = 128
+}
+
 /// A virtqueue the front-end drives itself: the ring in shared memory plus its kick and call eventfds.
 public final class QueueDriver: @unchecked Sendable {
   public let index: UInt32
@@ -57,6 +67,8 @@ public final class DeviceDriver: @unchecked Sendable {
     if frontend.state.backendFeatures.isEmpty { try frontend.negotiate() }
     try frontend.setOwner()
     ackedFeatures = try frontend.setFeatures(wanted)
+    let status = frontend.state.protocolFeatures.contains(.status)
+    if status { try frontend.setStatus(DeviceStatus.acknowledge | DeviceStatus.driver | DeviceStatus.featuresOK) }
     do {
       memory = try DriverMemory(size: memorySize)
     } catch {
@@ -83,6 +95,10 @@ public final class DeviceDriver: @unchecked Sendable {
     }
     if frontend.state.protocolFeaturesEnabled {
       for i in 0..<UInt32(queueCount) { try frontend.setVringEnable(i, true) }
+    }
+    if status {
+      try frontend.setStatus(
+        DeviceStatus.acknowledge | DeviceStatus.driver | DeviceStatus.featuresOK | DeviceStatus.driverOK)
     }
   }
 

@@ -116,3 +116,37 @@ public func startQemuStorageDaemon(image: String, socket: String, log: String, n
     ], logPath: log)
   return p
 }
+
+/// DPDK's PMD directory on Debian 12 (DPDK 22.11).
+public var dpdkPMDDirectory: String {
+  let candidates = ["/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0", "/usr/lib/aarch64-linux-gnu/dpdk/pmds-23.0"]
+  return candidates.first { FileManager.default.fileExists(atPath: $0) } ?? candidates[0]
+}
+
+/// Starts dpdk-testpmd with one vdev on one forwarding core. `vdev` is e.g.
+/// `net_vhost0,iface=/tmp/s,queues=1`; `forward` a testpmd forwarding mode.
+public func startTestpmd(vdev: String, forward: String, lcores: String = "0@0,1@1", filePrefix: String,
+  log: String, extra: [String] = []) throws -> ManagedProcess?
+{
+  guard let testpmd = findExecutable("dpdk-testpmd") else { return nil }
+  let d = dpdkPMDDirectory
+  let args =
+    [
+      "--lcores", lcores, "-d", "\(d)/librte_net_vhost.so", "-d", "\(d)/librte_net_virtio.so",
+      "-d", "\(d)/librte_mempool_ring.so", "--no-pci", "--no-huge", "-m", "1024", "--file-prefix=\(filePrefix)",
+      "--vdev", vdev, "--", "--total-num-mbufs=16384", "--forward-mode=\(forward)", "--stats-period", "1",
+    ] + extra
+  return try ManagedProcess(testpmd, args, logPath: log)
+}
+
+/// The last "RX-packets: N" (or TX-packets) figure testpmd printed for port 0.
+public func testpmdCounter(_ output: String, _ field: String = "RX-packets") -> Int? {
+  var last: Int?
+  var rest = Substring(output)
+  while let r = rest.range(of: field + ":") {
+    rest = rest[r.upperBound...]
+    let digits = rest.drop { $0 == " " }.prefix { $0.isNumber }
+    if let n = Int(digits) { last = n }
+  }
+  return last
+}

@@ -33,7 +33,7 @@ func makeImage(_ path: String, size: Int, seed: UInt64 = 0x9e37_79b9_7f4a_7c15) 
     x ^= x << 17
     words[i] = x
   }
-  FileManager.default.createFile(atPath: path, contents: nil)
+  _ = FileManager.default.createFile(atPath: path, contents: nil)
   let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
   defer { try? h.close() }
   for block in 0..<(size >> 20) {
