@@ -4,14 +4,15 @@ import Foundation
   import Glibc
 #endif
 
-/// A child process (a peer such as qemu-storage-daemon or testpmd) in its own session, so that it
-/// and everything it starts can be ended together. Output goes to a log file.
+/// A child process (a peer such as qemu-storage-daemon or testpmd) in its own process group (Foundation
+/// spawns children with POSIX_SPAWN_SETPGROUP), so that it and everything it starts can be ended
+/// together. Output goes to a log file.
 public final class ManagedProcess: @unchecked Sendable {
   public let process = Process()
   public let logPath: String
   public let name: String
 
-  /// Starts `executable` with `arguments` under `setsid`, logging stdout+stderr to `logPath`.
+  /// Starts `executable` with `arguments`, logging stdout+stderr to `logPath`.
   public init(_ executable: String, _ arguments: [String], logPath: String, environment: [String: String]? = nil)
     throws
   {
@@ -19,8 +20,8 @@ public final class ManagedProcess: @unchecked Sendable {
     self.logPath = logPath
     _ = FileManager.default.createFile(atPath: logPath, contents: nil)
     let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
-    process.arguments = [executable] + arguments
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
     process.standardOutput = log
     process.standardError = log
     process.standardInput = FileHandle.nullDevice
@@ -35,7 +36,13 @@ public final class ManagedProcess: @unchecked Sendable {
   public var output: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
   /// Sends `signal` to the whole process group.
-  public func signal(_ signal: Int32) { kill(-pid, signal) }
+  public func signal(_ signal: Int32) {
+    if getpgid(pid) == pid {
+      kill(-pid, signal)
+    } else {
+      kill(pid, signal)
+    }
+  }
 
   /// SIGTERM to the group, then SIGKILL if it has not exited within `graceMilliseconds`.
   public func stop(graceMilliseconds: Int = 3000) {

@@ -1,1 +1,9 @@
-@main struct M { static func main() {} }
+import ArgumentParser
+
+@main
+struct VhostUser: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "vhost-user",
+    abstract: "vhost-user front-end, back-ends and tools in Swift.",
+    subcommands: [Demo.self, Probe.self])
+}
