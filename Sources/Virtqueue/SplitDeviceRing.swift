@@ -1,0 +1,139 @@
+import VhostProtocol
+import VhostSystem
+
+/// The device side of a split virtqueue: descriptor table, avail ring (driver → device) and used
+/// ring (device → driver) in guest memory, with acquire/release ordering on the indices.
+public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
+  public let configuration: RingConfiguration
+  let memory: GuestMemory
+  let desc: SharedMemory
+  let descOffset: UInt64
+  let avail: SharedMemory
+  let availOffset: UInt64
+  let used: SharedMemory
+  let usedOffset: UInt64
+  let size: UInt16
+  private var lastAvail: UInt16
+  private var usedIdx: UInt16
+  private var signalledUsed: UInt16
+  private var signalledValid = false
+  public var log: DirtyLog?
+
+  public init(_ c: RingConfiguration, memory: GuestMemory) throws(ChainError) {
+    guard c.size > 0, Int(c.size) <= Limits.maxQueueSize else { throw .ringNotReady("invalid size \(c.size)") }
+    configuration = c
+    self.memory = memory
+    size = c.size
+    let n = Int(c.size)
+    do {
+      (desc, descOffset, _) = try memory.userRange(c.descUserAddr, length: 16 * n)
+      (avail, availOffset, _) = try memory.userRange(c.availUserAddr, length: 6 + 2 * n)
+      (used, usedOffset, _) = try memory.userRange(c.usedUserAddr, length: 6 + 8 * n)
+    } catch {
+      throw .ringNotReady(error.description)
+    }
+    guard availOffset % 2 == 0, usedOffset % 4 == 0 else { throw .ringNotReady("misaligned ring") }
+    lastAvail = c.base.availIndex
+    // The used index continues from where the driver's view of it is.
+    usedIdx = (try? used.loadAcquire16(at: usedOffset + 2)) ?? c.base.availIndex
+    signalledUsed = usedIdx
+  }
+
+  public var base: VringBase { VringBase(split: lastAvail) }
+
+  public func pop() throws(ChainError) -> DescriptorChain? {
+    guard let availIdx = try? avail.loadAcquire16(at: availOffset + 2) else { throw .ringNotReady("avail ring") }
+    let pending = availIdx &- lastAvail
+    if pending == 0 { return nil }
+    guard pending <= size else { throw .availIndexJump(from: lastAvail, to: availIdx, size: size) }
+    guard let head = try? avail.load(UInt16.self, at: availOffset + 4 + UInt64(lastAvail % size) * 2) else {
+      throw .ringNotReady("avail ring")
+    }
+    lastAvail &+= 1
+    if configuration.eventIndex {
+      // avail_event: kick me when the driver passes this index.
+      try? used.store(lastAvail, at: usedOffset + 4 + UInt64(size) * 8)
+    }
+    do {
+      return try walk(head)
+    } catch {
+      if head < size { try? complete(id: UInt32(head), length: 0) }
+      throw error
+    }
+  }
+
+  func walk(_ head: UInt16) throws(ChainError) -> DescriptorChain {
+    guard head < size else { throw .headOutOfRange(UInt32(head), size: size) }
+    var builder = ChainBuilder(memory: memory, head: head)
+    var i = head
+    var seen = 0
+    while true {
+      guard i < size else { throw .nextOutOfRange(i, size: size) }
+      seen += 1
+      guard seen <= Int(size) else { throw .loop(head: head) }
+      let at = descOffset + UInt64(i) * 16
+      guard let addr = try? desc.load(UInt64.self, at: at), let len = try? desc.load(UInt32.self, at: at + 8),
+        let flags = try? desc.load(UInt16.self, at: at + 12), let next = try? desc.load(UInt16.self, at: at + 14)
+      else { throw .ringNotReady("descriptor table") }
+      if flags & DescFlags.indirect != 0 {
+        guard flags & DescFlags.next == 0 else { throw .badIndirectTable(head: head, length: len) }
+        try builder.walkIndirect(address: addr, length: len)
+        return builder.build()
+      }
+      try builder.add(address: addr, length: len, writable: flags & DescFlags.write != 0)
+      if flags & DescFlags.next == 0 { return builder.build() }
+      i = next
+    }
+  }
+
+  public func push(_ chain: DescriptorChain, length: UInt32) throws(ChainError) {
+    try complete(id: UInt32(chain.head), length: length)
+  }
+
+  func complete(id: UInt32, length: UInt32) throws(ChainError) {
+    let slot = UInt64(usedIdx % size)
+    do {
+      try used.store(id, at: usedOffset + 4 + slot * 8)
+      try used.store(length, at: usedOffset + 8 + slot * 8)
+      usedIdx &+= 1
+      try used.storeRelease16(usedIdx, at: usedOffset + 2)
+    } catch {
+      throw .ringNotReady("used ring: \(error)")
+    }
+    if let log, configuration.logUsed {
+      log.mark(guestAddress: configuration.logGuestAddr + 4 + slot * 8, length: 8)
+      log.mark(guestAddress: configuration.logGuestAddr + 2, length: 2)
+    }
+  }
+
+  public func needsNotification() -> Bool {
+    SharedMemory.fullFence()
+    defer {
+      signalledUsed = usedIdx
+      signalledValid = true
+    }
+    if configuration.eventIndex {
+      guard let event = try? avail.load(UInt16.self, at: availOffset + 4 + UInt64(size) * 2) else { return true }
+      let old = signalledUsed
+      if !signalledValid { return true }
+      return (usedIdx &- event &- 1) < (usedIdx &- old)
+    }
+    guard let flags = try? avail.load(UInt16.self, at: availOffset) else { return true }
+    return flags & 1 == 0  // VRING_AVAIL_F_NO_INTERRUPT
+  }
+
+  public func setKicksWanted(_ wanted: Bool) {
+    if configuration.eventIndex {
+      try? used.store(lastAvail, at: usedOffset + 4 + UInt64(size) * 8)
+    } else {
+      try? used.store(UInt16(wanted ? 0 : 1), at: usedOffset)  // VRING_USED_F_NO_NOTIFY
+    }
+    SharedMemory.fullFence()
+  }
+
+  /// Whether chains are waiting (without consuming them).
+  public var hasAvailable: Bool {
+    guard let availIdx = try? avail.loadAcquire16(at: availOffset + 2) else { return false }
+    return availIdx != lastAvail
+  }
+}
