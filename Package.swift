@@ -12,6 +12,8 @@ let package = Package(
     .library(name: "VhostTransport", targets: ["VhostTransport"]),
     .library(name: "Virtqueue", targets: ["Virtqueue"]),
     .library(name: "VhostFrontend", targets: ["VhostFrontend"]),
+    .library(name: "VhostBackend", targets: ["VhostBackend"]),
+    .library(name: "VhostDevices", targets: ["VhostDevices"]),
     .executable(name: "vhost-user", targets: ["VhostUserCLI"]),
   ],
   dependencies: [
@@ -32,11 +34,20 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strict),
+    .target(
+      name: "VhostBackend",
+      dependencies: [
+        "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue",
+        .product(name: "Logging", package: "swift-log"),
+      ],
+      swiftSettings: strict),
+    .target(
+      name: "VhostDevices", dependencies: ["VhostBackend", "VhostProtocol", "VhostSystem", "Virtqueue"], swiftSettings: strict),
     .executableTarget(
       name: "VhostUserCLI",
       dependencies: [
-        "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "VhostTooling", "Virtqueue",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        "VhostBackend", "VhostDevices", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "VhostTooling",
+        "Virtqueue", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strict),

@@ -121,3 +121,6 @@ int _cvh_poll_readable(int fd, int timeout_ms) {
 }
 
 int _cvh_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); }
+
+#include <sys/random.h>
+ssize_t _cvh_getrandom(void *buf, size_t len) { return getrandom(buf, len, 0); }

@@ -10,6 +10,11 @@ public struct MemoryAccessError: Error, Hashable, Sendable, CustomStringConverti
   public var offset: UInt64
   public var length: UInt64
   public var size: UInt64
+  public init(offset: UInt64, length: UInt64, size: UInt64) {
+    self.offset = offset
+    self.length = length
+    self.size = size
+  }
   public var description: String { "access of \(length) bytes at offset \(offset) is outside a \(size)-byte mapping" }
 }
 

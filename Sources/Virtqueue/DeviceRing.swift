@@ -44,6 +44,8 @@ public protocol DeviceRing: AnyObject, Sendable {
   func setKicksWanted(_ wanted: Bool)
   /// Where the ring stands (GET_VRING_BASE).
   var base: VringBase { get }
+  /// Whether the driver made chains available that were not popped yet (polling).
+  var hasAvailable: Bool { get }
   /// Dirty log for used-ring and buffer writes, when logging is on.
   var log: DirtyLog? { get set }
 }

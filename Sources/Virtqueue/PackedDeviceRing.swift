@@ -14,4 +14,5 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
   public func needsNotification() -> Bool { false }
   public func setKicksWanted(_ wanted: Bool) {}
   public var base: VringBase { configuration.base }
+  public var hasAvailable: Bool { false }
 }

@@ -18,6 +18,8 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
   private var signalledUsed: UInt16
   private var signalledValid = false
   public var log: DirtyLog?
+  /// Inflight tracking (INFLIGHT_SHMFD), when the front-end set up an area.
+  public var inflight: InflightQueue?
 
   public init(_ c: RingConfiguration, memory: GuestMemory) throws(ChainError) {
     guard c.size > 0, Int(c.size) <= Limits.maxQueueSize else { throw .ringNotReady("invalid size \(c.size)") }
@@ -55,12 +57,20 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
       try? used.store(lastAvail, at: usedOffset + 4 + UInt64(size) * 8)
     }
     do {
-      return try walk(head)
+      let chain = try walk(head)
+      inflight?.fetched(head: head)
+      return chain
     } catch {
       if head < size { try? complete(id: UInt32(head), length: 0) }
       throw error
     }
   }
+
+  /// The chain at `head` again (resubmitting a request recorded as in flight).
+  public func resubmit(head: UInt16) throws(ChainError) -> DescriptorChain { try walk(head) }
+
+  /// The used index the device will publish next.
+  public var usedIndex: UInt16 { usedIdx }
 
   func walk(_ head: UInt16) throws(ChainError) -> DescriptorChain {
     guard head < size else { throw .headOutOfRange(UInt32(head), size: size) }
@@ -95,8 +105,10 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
     do {
       try used.store(id, at: usedOffset + 4 + slot * 8)
       try used.store(length, at: usedOffset + 8 + slot * 8)
+      inflight?.completing(head: UInt16(truncatingIfNeeded: id))
       usedIdx &+= 1
       try used.storeRelease16(usedIdx, at: usedOffset + 2)
+      inflight?.completed(head: UInt16(truncatingIfNeeded: id), usedIndex: usedIdx)
     } catch {
       throw .ringNotReady("used ring: \(error)")
     }

@@ -46,6 +46,9 @@ int _cvh_poll_readable(int fd, int timeout_ms);
 /// The maximum number of descriptors one vhost-user message may carry in our receive path.
 int _cvh_max_fds(void);
 
+/// getrandom(2).
+ssize_t _cvh_getrandom(void *buf, size_t len);
+
 /// accept4(2) with SOCK_CLOEXEC.
 int _cvh_accept_cloexec(int fd);
 

@@ -1,0 +1,59 @@
+import Foundation
+import Logging
+import Synchronization
+import VhostSystem
+
+/// Serves a device on a listening socket, one front-end at a time. When the front-end goes away
+/// the device is reset and the next connection is served (QEMU's reconnect).
+public final class BackendServer: @unchecked Sendable {
+  public let listener: UnixListener
+  public let device: VhostUserDevice
+  public let configuration: BackendConfiguration
+  private let stopping = Atomic<Bool>(false)
+  private let lock = NSLock()
+  private var current: BackendSession?
+  /// Connections served so far.
+  public private(set) var connectionsServed = 0
+  /// Called with each session before it runs (tests and the CLI use it).
+  public var onSession: (@Sendable (BackendSession) -> Void)?
+
+  public init(listener: UnixListener, device: VhostUserDevice, configuration: BackendConfiguration = .init()) {
+    self.listener = listener
+    self.device = device
+    self.configuration = configuration
+  }
+
+  /// Accepts and serves connections until `stop()`.
+  public func run() {
+    while !stopping.load(ordering: .acquiring) {
+      let socket: UnixSocket?
+      do {
+        socket = try listener.accept(timeoutMilliseconds: 200)
+      } catch {
+        configuration.logger.error("accept: \(error)")
+        return
+      }
+      guard let socket else { continue }
+      device.reset()
+      let session = BackendSession(device: device, socket: socket, configuration: configuration)
+      lock.withLock {
+        current = session
+        connectionsServed += 1
+      }
+      if stopping.load(ordering: .acquiring) { return }
+      onSession?(session)
+      configuration.logger.info("front-end connected")
+      session.run()
+      lock.withLock { current = nil }
+    }
+  }
+
+  /// Ends `run()` (from any thread, e.g. a signal-handling thread).
+  public func stop() {
+    stopping.store(true, ordering: .releasing)
+    lock.withLock { current?.shutdown() }
+  }
+
+  /// The session being served, if any.
+  public var currentSession: BackendSession? { lock.withLock { current } }
+}

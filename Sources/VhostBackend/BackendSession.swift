@@ -1,0 +1,186 @@
+import Foundation
+import Logging
+import VhostProtocol
+import VhostSystem
+import VhostTransport
+import Virtqueue
+
+/// Why the back-end refused a request. The connection survives unless noted.
+struct RequestFailure: Error, CustomStringConvertible {
+  let description: String
+  /// Close the connection (the front-end cannot be answered meaningfully).
+  var fatal = false
+  init(_ d: String, fatal: Bool = false) {
+    description = d
+    self.fatal = fatal
+  }
+}
+
+/// Settings of the back-end framework.
+public struct BackendConfiguration: Sendable {
+  /// Busy-poll the rings instead of waiting for kicks.
+  public var poll = false
+  /// Queues served by one worker thread.
+  public var queuesPerThread = 1
+  /// Offer RING_PACKED.
+  public var offerPacked = true
+  /// Memory slots announced by GET_MAX_MEM_SLOTS.
+  public var maxMemSlots = Limits.defaultMaxMemSlots
+  /// How long a front-end may take to finish a message it started.
+  public var timeoutMilliseconds = 5000
+  public var logger = Logger(label: "vhost-user.backend")
+  public init() {}
+
+  /// The protocol features the framework implements.
+  public static let frameworkProtocolFeatures: ProtocolFeatures = [
+    .mq, .logShmfd, .replyAck, .backendReq, .backendSendFD, .config, .inflightShmfd, .resetDevice,
+    .configureMemSlots, .status, .deviceState, .inbandNotifications,
+  ]
+}
+
+/// One front-end connection: the control thread's state machine over every front-end request.
+/// All fields are owned by the control thread except the queues (see `QueueHandle`).
+public final class BackendSession: @unchecked Sendable {
+  public let device: VhostUserDevice
+  let channel: MessageChannel
+  let configuration: BackendConfiguration
+  var log: Logger { configuration.logger }
+  public let queues: [QueueHandle]
+  var workers: [QueueWorker] = []
+
+  var owner = false
+  var ackedFeatures: VirtioFeatures = []
+  var featuresSet = false
+  var ackedProtocol: ProtocolFeatures = []
+  var memory = GuestMemory()
+  var dirtyLog: DirtyLog?
+  var logFD: EventFD?
+  var inflight: InflightRegion?
+  var status: UInt8 = 0
+  var backendChannel: MessageChannel?
+  let backendChannelLock = NSLock()
+  var stateTransfer: Thread?
+  var stateTransferResult: UInt64 = 0
+  let stateTransferDone = NSCondition()
+  var stateTransferFinished = true
+  /// Requests refused, for tests and diagnostics.
+  public private(set) var refusals: [String] = []
+
+  public init(device: VhostUserDevice, socket: UnixSocket, configuration: BackendConfiguration) {
+    self.device = device
+    self.configuration = configuration
+    channel = MessageChannel(socket: socket, timeoutMilliseconds: configuration.timeoutMilliseconds)
+    queues = (0..<device.queueCount).map { QueueHandle(index: $0) }
+    for q in queues { q.session = self }
+  }
+
+  /// Every virtio feature offered: the device's plus the framework's.
+  public var offeredFeatures: VirtioFeatures {
+    var f = device.features.union([.protocolFeatures, .indirectDesc, .eventIdx, .logAll, .version1])
+    if configuration.offerPacked { f.insert(.ringPacked) }
+    return f
+  }
+
+  public var offeredProtocolFeatures: ProtocolFeatures {
+    BackendConfiguration.frameworkProtocolFeatures.union(device.extraProtocolFeatures)
+  }
+
+  var packed: Bool { ackedFeatures.contains(.ringPacked) }
+
+  /// Serves requests until the front-end disconnects, a fatal error, or `shutdown()`.
+  public func run() {
+    startWorkers()
+    defer { teardown() }
+    while true {
+      let raw: RawMessage
+      do {
+        raw = try channel.receiveRaw(waitMilliseconds: -1)
+      } catch {
+        if case .transport(.disconnected) = error {
+          log.info("front-end disconnected")
+        } else {
+          log.warning("closing connection: \(error)")
+        }
+        return
+      }
+      if !handle(raw) { return }
+    }
+  }
+
+  /// Ends `run()` from another thread.
+  public func shutdown() { channel.socket.shutdown() }
+
+  /// Handles one message; false closes the connection.
+  func handle(_ raw: RawMessage) -> Bool {
+    let code = FrontendRequest(rawValue: raw.header.request)
+    let needReply = raw.header.flags.contains(.needReply)
+    let received: Received<FrontendRequest>
+    do {
+      received = try MessageChannel.decodeRequest(raw, as: FrontendRequest.self)
+    } catch {
+      // The body was read, so the stream is still in step: fail just this request.
+      return fail(code, needReply: needReply, RequestFailure("\(error)"))
+    }
+    if raw.header.flags.contains(.reply) {
+      return fail(code, needReply: false, RequestFailure("front-end sent a message flagged as a reply"))
+    }
+    do {
+      let reply = try dispatch(received)
+      if let reply {
+        try channel.reply(to: code, payload: reply.payload, fds: reply.fds)
+      } else if needReply && ackedProtocol.contains(.replyAck) {
+        try channel.reply(to: code, payload: .u64(0))
+      }
+      return true
+    } catch let failure as RequestFailure {
+      return fail(code, needReply: needReply, failure)
+    } catch {
+      log.warning("\(code.name): \(error)")
+      return false
+    }
+  }
+
+  func fail(_ code: FrontendRequest, needReply: Bool, _ failure: RequestFailure) -> Bool {
+    refusals.append("\(code.name): \(failure.description)")
+    log.warning("refused \(code.name): \(failure.description)")
+    if failure.fatal { return false }
+    if code.replyLayout != nil {
+      // A request with a reply body of its own: answer with a failure value where the spec has one.
+      switch code {
+      case .getConfig:
+        return (try? channel.reply(to: code, payload: .config(ConfigSpace(offset: 0, bytes: [])))) != nil
+      case .getFeatures, .getProtocolFeatures, .getQueueNum, .getMaxMemSlots, .getStatus, .postcopyEnd,
+        .checkDeviceState, .iotlbMsg, .setLogBase, .setDeviceStateFD:
+        return (try? channel.reply(to: code, payload: .u64(1))) != nil
+      default:
+        return false  // GET_VRING_BASE, GET_INFLIGHT_FD, ...: nothing sensible to say; close.
+      }
+    }
+    if needReply && ackedProtocol.contains(.replyAck) {
+      return (try? channel.reply(to: code, payload: .u64(1))) != nil
+    }
+    return true
+  }
+
+  struct Reply {
+    var payload: Payload
+    var fds: [OwnedFD] = []
+  }
+
+  func require(_ feature: ProtocolFeatures, _ code: FrontendRequest) throws {
+    guard ackedProtocol.contains(feature) else {
+      throw RequestFailure("\(code.name) needs protocol feature \(feature.names.joined()), not negotiated")
+    }
+  }
+
+  func requireOwner(_ code: FrontendRequest) throws {
+    guard owner else { throw RequestFailure("\(code.name) before SET_OWNER") }
+  }
+
+  func queue(_ index: UInt32, _ code: FrontendRequest) throws -> QueueHandle {
+    guard Int(index) < queues.count else {
+      throw RequestFailure("\(code.name): vring \(index) does not exist (device has \(queues.count))")
+    }
+    return queues[Int(index)]
+  }
+}

@@ -1,0 +1,134 @@
+import Foundation
+import VhostProtocol
+import VhostSystem
+import Virtqueue
+
+/// One virtqueue as the back-end tracks it: what the front-end configured (size, addresses, base,
+/// kick/call/err descriptors), its two independent states (started/stopped, enabled/disabled), the
+/// live ring while started, and the counters. The control thread configures it; the worker thread
+/// processes it; `lock` keeps them apart.
+public final class QueueHandle: @unchecked Sendable {
+  public let index: Int
+  let lock = NSLock()
+  // Configuration (control thread, under lock).
+  var size: UInt16 = 0
+  var address: VringAddress?
+  var baseNum: UInt32 = 0
+  var kick: EventFD?
+  var kickPolled = false
+  var call: EventFD?
+  var err: EventFD?
+  var started = false
+  var enabled = false
+  var ring: DeviceRing?
+  weak var session: BackendSession?
+  /// Heads recorded as in flight by a previous back-end, to be processed again first.
+  var resubmit: [UInt16] = []
+  var inflightAttached = false
+  // Counters (worker thread).
+  public private(set) var chainsCompleted = 0
+  public private(set) var chainErrors = 0
+  public private(set) var lastChainError: ChainError?
+
+  init(index: Int) { self.index = index }
+
+  /// Dirty log to pass to `DescriptorChain.writer(log:)` (nil when logging is off).
+  public private(set) var log: DirtyLog?
+
+  /// Whether the ring is started and enabled (only then does the worker call the device).
+  var isActive: Bool { started && enabled && ring != nil }
+
+  func setLog(_ log: DirtyLog?) {
+    self.log = log
+    ring?.log = log
+  }
+
+  /// The next available chain, or nil. Malformed chains are returned to the driver (used, length
+  /// 0), counted, and VRING_ERR is signalled; processing continues with the next one.
+  public func next() -> DescriptorChain? {
+    guard let ring else { return nil }
+    while let head = resubmit.first, let split = ring as? SplitDeviceRing {
+      resubmit.removeFirst()
+      if let chain = try? split.resubmit(head: head) { return chain }
+    }
+    while true {
+      do {
+        return try ring.pop()
+      } catch {
+        chainErrors += 1
+        lastChainError = error
+        signalError()
+        if case .availIndexJump = error { return nil }
+        if case .ringNotReady = error { return nil }
+      }
+    }
+  }
+
+  /// Completes `chain` with `written` bytes.
+  public func complete(_ chain: DescriptorChain, written: Int) {
+    guard let ring else { return }
+    do {
+      try ring.push(chain, length: UInt32(clamping: written))
+      chainsCompleted += 1
+    } catch {
+      chainErrors += 1
+      lastChainError = error
+    }
+  }
+
+  /// Interrupts the driver if it wants to be (EVENT_IDX / NO_INTERRUPT): call eventfd, or the
+  /// in-band BACKEND_VRING_CALL when INBAND_NOTIFICATIONS is in use and no call fd was given.
+  public func notifyIfNeeded() {
+    guard let ring, ring.needsNotification() else { return }
+    notify()
+  }
+
+  func notify() {
+    if let call {
+      try? call.signal()
+    } else {
+      session?.sendInband(.vringCall, queue: index)
+    }
+  }
+
+  func signalError() {
+    if let err {
+      try? err.signal()
+    } else {
+      session?.sendInband(.vringErr, queue: index)
+    }
+  }
+
+  /// Processes the ring once if it is active (worker thread).
+  func service(_ device: VhostUserDevice) {
+    lock.lock()
+    defer { lock.unlock() }
+    guard isActive else { return }
+    device.process(self)
+  }
+
+  /// Whether there is work (polling mode).
+  var hasWork: Bool {
+    lock.lock()
+    defer { lock.unlock() }
+    guard isActive, let ring else { return false }
+    return ring.hasAvailable
+  }
+
+  /// Back to the initial state: stopped, disabled, nothing configured.
+  func reset() {
+    size = 0
+    address = nil
+    baseNum = 0
+    kick = nil
+    kickPolled = false
+    call = nil
+    err = nil
+    started = false
+    enabled = false
+    ring = nil
+    log = nil
+    resubmit = []
+    inflightAttached = false
+  }
+}

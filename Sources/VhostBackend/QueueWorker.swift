@@ -1,0 +1,126 @@
+import Foundation
+import Synchronization
+import VhostSystem
+
+/// A dedicated thread serving a group of queues: it waits in epoll on their kick eventfds (or
+/// busy-polls the rings with `--poll`) and calls the device for each active ring. An eventfd wakes
+/// it when the control thread changes a ring (start, stop, enable) or at shutdown.
+final class QueueWorker: @unchecked Sendable {
+  let queues: [QueueHandle]
+  let device: VhostUserDevice
+  let poll: Bool
+  let wakeup: EventFD
+  private let stopping = Atomic<Bool>(false)
+  private let rearm = Atomic<Bool>(true)
+  private var thread: Thread?
+  private let finished = NSCondition()
+  private var done = false
+
+  init(queues: [QueueHandle], device: VhostUserDevice, poll: Bool) throws(SystemError) {
+    self.queues = queues
+    self.device = device
+    self.poll = poll
+    wakeup = try EventFD()
+  }
+
+  func start() {
+    let t = Thread { [self] in
+      self.run()
+      self.finished.withLock {
+        self.done = true
+        self.finished.broadcast()
+      }
+    }
+    t.name = "vhost-user-queue-\(queues.first?.index ?? 0)"
+    thread = t
+    t.start()
+  }
+
+  /// Re-reads the queues' kick fds and states, and services every ring once.
+  func wake() {
+    rearm.store(true, ordering: .releasing)
+    try? wakeup.signal()
+  }
+
+  func stop() {
+    stopping.store(true, ordering: .releasing)
+    try? wakeup.signal()
+    finished.withLock {
+      while !done && thread != nil { _ = finished.wait(until: Date().addingTimeInterval(1)) }
+    }
+  }
+
+  private func run() {
+    guard let epoll = try? Epoll() else { return }
+    let wakeToken = UInt64.max
+    try? epoll.add(wakeup.fd, token: wakeToken)
+    var armed: [Int: EventFD] = [:]
+    var anyPolled = false
+    while !stopping.load(ordering: .acquiring) {
+      if rearm.exchange(false, ordering: .acquiringAndReleasing) {
+        for (_, kick) in armed { epoll.remove(kick.fd) }
+        armed = [:]
+        anyPolled = false
+        for q in queues {
+          q.lock.withLock {
+            if q.kickPolled && q.isActive { anyPolled = true }
+            if let kick = q.kick, q.isActive, !poll {
+              armed[q.index] = kick
+              try? epoll.add(kick.fd, token: UInt64(q.index))
+            }
+          }
+        }
+        // Chains published before we were listening are served now (no injected kick needed).
+        for q in queues { q.service(device) }
+      }
+      if poll {
+        var worked = false
+        for q in queues where q.hasWork {
+          q.service(device)
+          worked = true
+        }
+        if !worked {
+          if wakeup.drain() > 0 { continue }
+        }
+        continue
+      }
+      let tokens = epoll.wait(timeoutMilliseconds: anyPolled ? 1 : 1000)
+      for t in tokens {
+        if t == wakeToken {
+          wakeup.drain()
+          continue
+        }
+        guard let kick = armed[Int(t)] else { continue }
+        kick.drain()
+        if let q = queues.first(where: { $0.index == Int(t) }) { q.service(device) }
+      }
+      if anyPolled {
+        for q in queues where q.kickPolled && q.hasWork { q.service(device) }
+      }
+    }
+  }
+}
+
+extension BackendSession {
+  func startWorkers() {
+    let per = max(1, configuration.queuesPerThread)
+    var groups: [[QueueHandle]] = []
+    for (i, q) in queues.enumerated() {
+      if i % per == 0 { groups.append([]) }
+      groups[groups.count - 1].append(q)
+    }
+    for g in groups {
+      if let w = try? QueueWorker(queues: g, device: device, poll: configuration.poll) {
+        workers.append(w)
+        w.start()
+      }
+    }
+  }
+
+  func rearmWorkers() { for w in workers { w.wake() } }
+
+  func stopWorkers() {
+    for w in workers { w.stop() }
+    workers = []
+  }
+}
