@@ -58,7 +58,7 @@ let package = Package(
       swiftSettings: strict),
     .testTarget(
       name: "InteropTests",
-      dependencies: ["VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTooling", "VhostTransport", "Virtqueue"],
+      dependencies: ["VhostBackend", "VhostDevices", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTooling", "VhostTransport", "Virtqueue"],
       swiftSettings: strict),
   ]
 )

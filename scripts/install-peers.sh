@@ -8,6 +8,7 @@ command -v dpdk-testpmd >/dev/null || need+=(dpdk dpdk-dev librte-net-vhost23 li
 [ -x /bin/busybox ] || need+=(busybox-static)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
 command -v e2fsck >/dev/null || need+=(e2fsprogs)
+command -v cpio >/dev/null || need+=(cpio)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO=sudo

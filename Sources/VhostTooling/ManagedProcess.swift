@@ -157,3 +157,52 @@ public func testpmdCounter(_ output: String, _ field: String = "RX-packets") -> 
   }
   return last
 }
+
+/// A QEMU guest under TCG booting the host's kernel with a test initramfs; its serial console is
+/// the process log.
+public final class GuestVM: @unchecked Sendable {
+  public let process: ManagedProcess
+
+  /// The newest /boot/vmlinuz-*.
+  public static var kernel: String? {
+    let files = (try? FileManager.default.contentsOfDirectory(atPath: "/boot")) ?? []
+    return files.filter { $0.hasPrefix("vmlinuz-") }.sorted().last.map { "/boot/" + $0 }
+  }
+
+  /// Builds an initramfs running `script` (busybox sh) with `makeInitramfs` (scripts/make-initramfs.sh).
+  public static func buildInitramfs(script: String, makeInitramfs: String, in dir: String) throws -> String {
+    let scriptPath = dir + "/guest-test.sh"
+    try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
+    let out = dir + "/initramfs.gz"
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/bin/bash")
+    p.arguments = [makeInitramfs, out, scriptPath]
+    try p.run()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { throw CocoaError(.fileWriteUnknown) }
+    return out
+  }
+
+  /// Boots `kernel` + `initramfs` with `memoryMiB` of shared memfd RAM and `deviceArgs`
+  /// (chardevs and devices).
+  public init(kernel: String, initramfs: String, memoryMiB: Int = 256, deviceArgs: [String], log: String,
+    smp: Int = 1) throws
+  {
+    guard let qemu = findExecutable("qemu-system-x86_64") else { throw CocoaError(.fileNoSuchFile) }
+    let args =
+      [
+        "-accel", "tcg", "-m", "\(memoryMiB)", "-smp", "\(smp)",
+        "-object", "memory-backend-memfd,id=mem,size=\(memoryMiB)M,share=on", "-numa", "node,memdev=mem",
+        "-kernel", kernel, "-initrd", initramfs, "-append", "console=ttyS0 panic=-1 quiet",
+        "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot", "-nic", "none",
+      ] + deviceArgs
+    process = try ManagedProcess(qemu, args, logPath: log)
+  }
+
+  public var output: String { process.output }
+
+  /// Waits for the guest to power off (or the timeout); true if it exited.
+  public func waitExit(seconds: Double) -> Bool { process.waitExit(milliseconds: Int(seconds * 1000)) }
+
+  deinit { process.stop(graceMilliseconds: 500) }
+}
