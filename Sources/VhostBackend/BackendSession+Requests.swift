@@ -480,6 +480,8 @@ extension BackendSession {
 
   func teardown() {
     stopWorkers()
+    // What the driver published before it left is still processed (its memory is still mapped).
+    for q in queues { q.service(device) }
     for q in queues { q.lock.withLock { q.reset() } }
     device.reset()
     memory = GuestMemory()

@@ -121,26 +121,36 @@ public struct MemoryRegion: Hashable, Sendable {
   }
 }
 
-/// SET_MEM_TABLE body: count, padding, and a fixed array of 8 regions. 264 bytes.
+/// SET_MEM_TABLE body: count, padding, then the regions. On the wire it is 8 + 32 × nregions bytes
+/// (what QEMU and DPDK send); the C struct's full size, 264 bytes (8 regions), is also accepted.
 public struct MemoryTable: Hashable, Sendable {
+  /// The largest size: 8 regions (`VHOST_MEMORY_BASELINE_NREGIONS`).
   public static let size = 8 + Limits.baselineRegions * MemoryRegion.size
   public var regions: [MemoryRegion]
   public init(regions: [MemoryRegion]) { self.regions = regions }
+
+  /// The encoded size for `count` regions.
+  public static func size(regions count: Int) -> Int { 8 + count * MemoryRegion.size }
+
   func encode(into w: inout ByteWriter) {
     w.write(UInt32(regions.count))
     w.write(UInt32(0))
-    for region in regions.prefix(Limits.baselineRegions) { region.encode(into: &w) }
-    w.pad((Limits.baselineRegions - min(regions.count, Limits.baselineRegions)) * MemoryRegion.size)
+    for region in regions { region.encode(into: &w) }
   }
   init(from r: inout ByteReader) throws(ProtocolError) {
+    let total = r.remaining
     let count: UInt32 = try r.read()
     try r.skip(4)
     guard count <= UInt32(Limits.baselineRegions) else {
       throw .invalidField(request: "SET_MEM_TABLE", field: "nregions", value: UInt64(count))
     }
+    guard total == Self.size(regions: Int(count)) || total == Self.size else {
+      throw .wrongPayloadSize(
+        request: "SET_MEM_TABLE", expected: "\(Self.size(regions: Int(count))) (or 264)", actual: total)
+    }
     var regions: [MemoryRegion] = []
     for _ in 0..<count { regions.append(try MemoryRegion(from: &r)) }
-    try r.skip((Limits.baselineRegions - Int(count)) * MemoryRegion.size)
+    try r.skip(r.remaining)
     self.regions = regions
   }
 }

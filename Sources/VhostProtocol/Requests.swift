@@ -53,7 +53,6 @@ public enum PayloadLayout: Sendable, Equatable {
     case .u64: 8
     case .vringState: VringState.size
     case .vringAddress: VringAddress.size
-    case .memoryTable: MemoryTable.size
     case .singleRegion: SingleMemoryRegion.size
     case .log: LogDescription.size
     case .iotlb: IOTLBMessage.size
@@ -63,7 +62,7 @@ public enum PayloadLayout: Sendable, Equatable {
     case .deviceStateTransfer: DeviceStateTransfer.size
     case .shmemMap: ShmemMapRequest.size
     case .shmemConfig: ShmemConfig.size
-    case .u64OrEmpty, .config, .opaque: nil
+    case .u64OrEmpty, .config, .opaque, .memoryTable: nil
     }
   }
 }
