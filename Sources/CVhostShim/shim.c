@@ -124,3 +124,11 @@ int _cvh_accept_cloexec(int fd) { return accept4(fd, NULL, NULL, SOCK_CLOEXEC); 
 
 #include <sys/random.h>
 ssize_t _cvh_getrandom(void *buf, size_t len) { return getrandom(buf, len, 0); }
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+int _cvh_o_direct(void) { return O_DIRECT; }
+int _cvh_fallocate(int fd, int punch, long long offset, long long len) {
+  int mode = FALLOC_FL_KEEP_SIZE | (punch ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
+  return fallocate(fd, mode, offset, len);
+}

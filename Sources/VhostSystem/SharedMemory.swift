@@ -99,6 +99,17 @@ public final class SharedMemory: @unchecked Sendable {
     if let src = buffer.baseAddress { (base + Int(offset)).copyMemory(from: src, byteCount: buffer.count) }
   }
 
+  /// Runs `body` with a pointer to `[offset, offset+count)` after checking the bounds (for I/O
+  /// syscalls that read or write guest buffers in place). The pointer must not escape.
+  func withRegion(offset: UInt64, count: Int, _ body: (UnsafeMutableRawPointer) throws(SystemError) -> Void)
+    throws(SystemError)
+  {
+    guard count >= 0, offset <= UInt64(size), UInt64(count) <= UInt64(size) - offset else {
+      throw SystemError("guest buffer outside its mapping", errno: EFAULT)
+    }
+    try body(base + Int(offset))
+  }
+
   public func fill(_ byte: UInt8, at offset: UInt64, count: Int) throws(MemoryAccessError) {
     try check(offset, count)
     memset(base + Int(offset), Int32(byte), count)

@@ -46,6 +46,11 @@ int _cvh_poll_readable(int fd, int timeout_ms);
 /// The maximum number of descriptors one vhost-user message may carry in our receive path.
 int _cvh_max_fds(void);
 
+/// O_DIRECT.
+int _cvh_o_direct(void);
+/// fallocate(2) keeping the size: punch a hole (punch != 0) or zero the range.
+int _cvh_fallocate(int fd, int punch, long long offset, long long len);
+
 /// getrandom(2).
 ssize_t _cvh_getrandom(void *buf, size_t len);
 
