@@ -54,6 +54,31 @@ public final class BackendServer: @unchecked Sendable {
     lock.withLock { current?.shutdown() }
   }
 
+  private let finished = NSCondition()
+  private var runningThread = false
+
+  /// Runs the server on a thread of its own (embedding it in a process that does other things).
+  public func startInBackground() {
+    finished.withLock { runningThread = true }
+    let t = Thread { [self] in
+      run()
+      finished.withLock {
+        runningThread = false
+        finished.broadcast()
+      }
+    }
+    t.name = "vhost-user-backend-server"
+    t.start()
+  }
+
+  /// `stop()`, then waits until a server started with `startInBackground()` has ended.
+  public func stopAndWait() {
+    stop()
+    finished.withLock {
+      while runningThread { _ = finished.wait(until: Date().addingTimeInterval(1)) }
+    }
+  }
+
   /// The session being served, if any.
   public var currentSession: BackendSession? { lock.withLock { current } }
 }

@@ -28,7 +28,11 @@ public struct BackendConfiguration: Sendable {
   public var maxMemSlots = Limits.defaultMaxMemSlots
   /// How long a front-end may take to finish a message it started.
   public var timeoutMilliseconds = 5000
-  public var logger = Logger(label: "vhost-user.backend")
+  public var logger: Logger = {
+    var l = Logger(label: "vhost-user.backend")
+    l.logLevel = .warning
+    return l
+  }()
   public init() {}
 
   /// The protocol features the framework implements.

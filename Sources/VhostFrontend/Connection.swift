@@ -12,7 +12,11 @@ public struct FrontendConfiguration: Sendable {
   public var supportedProtocolFeatures: ProtocolFeatures = FrontendConfiguration.defaultProtocolFeatures
   /// Serve a back-end channel (SET_BACKEND_REQ_FD) when BACKEND_REQ is negotiated.
   public var serveBackendChannel = true
-  public var logger = Logger(label: "vhost-user.frontend")
+  public var logger: Logger = {
+    var l = Logger(label: "vhost-user.frontend")
+    l.logLevel = .warning
+    return l
+  }()
 
   public init() {}
 

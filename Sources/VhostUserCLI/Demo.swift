@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import VhostBackend
+import VhostDevices
 import VhostFrontend
 import VhostProtocol
 import VhostSystem
@@ -7,12 +9,14 @@ import VhostTooling
 
 struct Demo: ParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Start a vhost-user-blk back-end on a temporary image, drive it with our front-end, verify, clean up.")
+    abstract: "Start our vhost-user-blk back-end on a temporary image, drive it with our front-end, verify, clean up.")
 
   @Option(help: "Image size in MiB.") var sizeMib = 64
   @Option(help: "Seconds of 4 KiB random reads for the IOPS figure.") var seconds = 2.0
+  @Flag(help: "Drive qemu-storage-daemon instead of our back-end (if installed).") var qsd = false
 
   func run() throws {
+    guard sizeMib >= 16 else { throw ValidationError("--size-mib must be at least 16") }
     let dir = try TemporaryDirectory(prefix: "vhost-user-demo")
     let image = dir.file("disk.img")
     _ = FileManager.default.createFile(atPath: image, contents: nil)
@@ -20,19 +24,31 @@ struct Demo: ParsableCommand {
     try handle.truncate(atOffset: UInt64(sizeMib) << 20)
     try handle.close()
     let socket = dir.file("blk.sock")
-    print("== back-end: qemu-storage-daemon exporting a \(sizeMib) MiB image at \(socket)")
-    guard let backend = try startQemuStorageDaemon(image: image, socket: socket, log: dir.file("backend.log")) else {
-      throw CLIError("qemu-storage-daemon not found: apt-get install qemu-system-x86 (see README)")
+    var server: BackendServer?
+    var peer: ManagedProcess?
+    if qsd {
+      print("== back-end: qemu-storage-daemon exporting a \(sizeMib) MiB image at \(socket)")
+      peer = try startQemuStorageDaemon(image: image, socket: socket, log: dir.file("backend.log"))
+      guard let peer, peer.waitForFile(socket, milliseconds: 10_000) else {
+        throw CLIError("qemu-storage-daemon did not start (apt-get install qemu-system-x86)")
+      }
+    } else {
+      print("== back-end: our vhost-user-blk (in this process) on a \(sizeMib) MiB image at \(socket)")
+      let device = try BlkDevice(path: image, serial: "demo-disk")
+      let s = BackendServer(listener: try UnixListener(path: socket), device: device)
+      s.startInBackground()
+      server = s
     }
-    defer { backend.stop() }
-    guard backend.waitForFile(socket, milliseconds: 10_000) else {
-      throw CLIError("back-end did not start:\n\(backend.output)")
+    defer {
+      server?.stopAndWait()
+      peer?.stop()
     }
+
     let connection = try VhostUserConnection.connect(path: socket, retryMilliseconds: 5000)
     defer { connection.close() }
     let frontend = connection.device()
     let state = try frontend.negotiate()
-    print("== negotiation")
+    print("== negotiation (our front-end)")
     print("virtio features offered:   0x\(String(state.backendFeatures.rawValue, radix: 16))")
     print("  " + state.backendFeatures.names(for: .blk).joined(separator: " "))
     print("protocol features offered: \(state.backendProtocolFeatures)")
@@ -47,6 +63,7 @@ struct Demo: ParsableCommand {
     print("capacity: \(config.capacity) sectors (\((config.capacity * 512) >> 20) MiB)")
 
     let blk = try BlkDriver(device: device)
+    if !qsd { print("serial (GET_ID): \(try blk.getID())") }
     print("== data")
     var data = [UInt8](repeating: 0, count: 1 << 20)
     var x: UInt32 = 2_463_534_242
@@ -62,7 +79,15 @@ struct Demo: ParsableCommand {
     for o in offsets {
       guard try blk.read(offset: o, length: data.count) == data else { throw CLIError("read-back mismatch at \(o)") }
     }
-    print("wrote 1 MiB at \(offsets.count) offsets, flushed, read back: identical")
+    let h = try FileHandle(forReadingFrom: URL(fileURLWithPath: image))
+    for o in offsets {
+      try h.seek(toOffset: o)
+      guard [UInt8](try h.read(upToCount: data.count) ?? Data()) == data else {
+        throw CLIError("image file differs at \(o)")
+      }
+    }
+    try h.close()
+    print("wrote 1 MiB at \(offsets.count) offsets, flushed, read back through the ring and from the image: identical")
 
     print("== 4 KiB random reads, queue depth 1, \(seconds) s")
     let sectors = UInt64(sizeMib) << 11
@@ -75,6 +100,7 @@ struct Demo: ParsableCommand {
     }
     let elapsed = Date().timeIntervalSince(start)
     print(String(format: "%d reads in %.2f s: %.0f IOPS", ios, elapsed, Double(ios) / elapsed))
+    _ = try device.stop()
     print("== done; cleaning up")
   }
 }

@@ -13,29 +13,15 @@ let makeInitramfsScript: String = {
 }()
 
 /// Runs a back-end server in this process on a background thread.
-final class InProcessBackend: @unchecked Sendable {
+final class InProcessBackend: Sendable {
   let server: BackendServer
-  let finished = NSCondition()
-  var done = false
 
   init(device: VhostUserDevice, socket: String, configuration: BackendConfiguration = .init()) throws {
     server = BackendServer(listener: try UnixListener(path: socket), device: device, configuration: configuration)
-    let t = Thread { [self] in
-      server.run()
-      finished.withLock {
-        done = true
-        finished.broadcast()
-      }
-    }
-    t.start()
+    server.startInBackground()
   }
 
-  func stop() {
-    server.stop()
-    finished.withLock {
-      while !done { _ = finished.wait(until: Date().addingTimeInterval(1)) }
-    }
-  }
+  func stop() { server.stopAndWait() }
 }
 
 @Suite(.serialized)
