@@ -8,15 +8,7 @@ public struct ByteWriter: Sendable {
   }
 
   public mutating func write<T: FixedWidthInteger>(_ value: T) {
-    #if _endian(little)
-      var v = value.littleEndian
-    #else
-      var v = value.bigEndian
-    #endif
-    for _ in 0..<MemoryLayout<T>.size {
-      bytes.append(UInt8(truncatingIfNeeded: v))
-      v = v >> 8
-    }
+    withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) }
   }
 
   public mutating func write(bytes other: some Sequence<UInt8>) { bytes.append(contentsOf: other) }

@@ -52,7 +52,7 @@ public struct MessageHeader: Hashable, Sendable {
     let bodySize: UInt32 = try r.read()
     guard flags.version == 1 else { throw .badVersion(flags.version) }
     guard flags.reservedBits == 0 else { throw .reservedFlags(flags.rawValue) }
-    guard bodySize <= UInt32(maxPayload) else { throw .oversize(size: bodySize, limit: maxPayload) }
+    guard Int(bodySize) <= maxPayload else { throw .oversize(size: bodySize, limit: maxPayload) }
     return MessageHeader(request: request, flags: flags, size: bodySize)
   }
 }

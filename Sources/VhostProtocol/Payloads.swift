@@ -249,7 +249,7 @@ public struct ConfigSpace: Hashable, Sendable {
     flags = try r.read()
     guard size <= UInt32(Limits.maxConfigSize), Int(size) == r.remaining else {
       throw .wrongPayloadSize(
-        request: "CONFIG", expected: "12 + size field (\(size), at most 256)", actual: r.remaining + 12)
+        request: "GET_CONFIG/SET_CONFIG", expected: "12 + size field (\(size), at most 256)", actual: r.remaining + 12)
     }
     bytes = try r.read(count: Int(size))
   }
@@ -313,7 +313,9 @@ public struct InflightDescription: Hashable, Sendable {
 public struct SharedObject: Hashable, Sendable {
   public static let size = 16
   public var uuid: [UInt8]
-  public init(uuid: [UInt8]) { self.uuid = Array(uuid.prefix(16)) + Array(repeating: 0, count: max(0, 16 - uuid.count)) }
+  public init(uuid: [UInt8]) {
+    self.uuid = Array(uuid.prefix(16)) + Array(repeating: 0, count: max(0, 16 - uuid.count))
+  }
   func encode(into w: inout ByteWriter) { w.write(bytes: uuid) }
   init(from r: inout ByteReader) throws(ProtocolError) { uuid = try r.read(count: 16) }
 }
