@@ -24,7 +24,7 @@ let package = Package(
     .target(name: "CVhostShim"),
     .target(name: "VhostProtocol", swiftSettings: strict),
     .target(name: "VhostSystem", dependencies: ["CVhostShim"], swiftSettings: strict),
-    .target(name: "VhostTooling", swiftSettings: strict),
+    .target(name: "VhostTooling", dependencies: ["CVhostShim", "VhostSystem"], swiftSettings: strict),
     .target(name: "VhostTransport", dependencies: ["VhostSystem", "VhostProtocol"], swiftSettings: strict),
     .target(name: "Virtqueue", dependencies: ["VhostSystem"], swiftSettings: strict),
     .target(

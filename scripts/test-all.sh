@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
 export VHOST_E2E_REQUIRED=1
 swift build --build-tests
-swift test --skip-build
+swift test --skip-build --no-parallel

@@ -1,52 +1,64 @@
+import CVhostShim
 import Foundation
+import VhostSystem
 
 #if canImport(Glibc)
   import Glibc
 #endif
 
-/// A child process (a peer such as qemu-storage-daemon or testpmd) in its own process group (Foundation
-/// spawns children with POSIX_SPAWN_SETPGROUP), so that it and everything it starts can be ended
-/// together. Output goes to a log file.
+/// A child process (a peer such as qemu-storage-daemon or testpmd) in its own process group, with
+/// an empty signal mask and default signal handling whatever the parent blocks, so that it and
+/// everything it starts can be ended together. Output goes to a log file.
 public final class ManagedProcess: @unchecked Sendable {
-  public let process = Process()
   public let logPath: String
   public let name: String
+  public let pid: Int32
+  private let lock = NSLock()
+  private var exitStatus: Int32?
 
   /// Starts `executable` with `arguments`, logging stdout+stderr to `logPath`.
-  public init(_ executable: String, _ arguments: [String], logPath: String, environment: [String: String]? = nil)
-    throws
-  {
+  public init(_ executable: String, _ arguments: [String], logPath: String) throws {
     name = (executable as NSString).lastPathComponent
     self.logPath = logPath
-    _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-    let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    process.standardOutput = log
-    process.standardError = log
-    process.standardInput = FileHandle.nullDevice
-    if let environment { process.environment = environment }
-    try process.run()
+    let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard log >= 0 else { throw SystemError.current("open(\(logPath))") }
+    defer { close(log) }
+    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+    defer { for p in argv { free(p) } }
+    let pid = _cvh_spawn(executable, argv, log)
+    guard pid > 0 else { throw SystemError.current("posix_spawn(\(executable))") }
+    self.pid = pid
   }
 
-  public var pid: Int32 { process.processIdentifier }
-  public var isRunning: Bool { process.isRunning }
+  /// Whether the child is still running (reaps it once it has exited).
+  public var isRunning: Bool {
+    lock.withLock {
+      if exitStatus != nil { return false }
+      var status: Int32 = 0
+      let r = waitpid(pid, &status, WNOHANG)
+      if r == pid || (r < 0 && errno == ECHILD) {
+        exitStatus = status
+        return false
+      }
+      return true
+    }
+  }
+
+  /// The raw wait status once exited.
+  public var waitStatus: Int32? {
+    _ = isRunning
+    return lock.withLock { exitStatus }
+  }
 
   /// The log so far.
   public var output: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
   /// Sends `signal` to the whole process group.
-  public func signal(_ signal: Int32) {
-    if getpgid(pid) == pid {
-      kill(-pid, signal)
-    } else {
-      kill(pid, signal)
-    }
-  }
+  public func signal(_ signal: Int32) { kill(-pid, signal) }
 
   /// SIGTERM to the group, then SIGKILL if it has not exited within `graceMilliseconds`.
   public func stop(graceMilliseconds: Int = 3000) {
-    guard process.isRunning else { return }
+    guard isRunning else { return }
     signal(SIGTERM)
     if !waitExit(milliseconds: graceMilliseconds) {
       signal(SIGKILL)
@@ -58,8 +70,8 @@ public final class ManagedProcess: @unchecked Sendable {
   @discardableResult
   public func waitExit(milliseconds: Int) -> Bool {
     let end = Date().addingTimeInterval(Double(milliseconds) / 1000)
-    while process.isRunning && Date() < end { usleep(10_000) }
-    return !process.isRunning
+    while isRunning && Date() < end { usleep(10_000) }
+    return !isRunning
   }
 
   /// Waits until `path` exists (a peer's socket) or the process dies or time runs out.
@@ -67,7 +79,7 @@ public final class ManagedProcess: @unchecked Sendable {
     let end = Date().addingTimeInterval(Double(milliseconds) / 1000)
     while Date() < end {
       if FileManager.default.fileExists(atPath: path) { return true }
-      if !process.isRunning { return false }
+      if !isRunning { return false }
       usleep(20_000)
     }
     return false
@@ -78,7 +90,7 @@ public final class ManagedProcess: @unchecked Sendable {
     let end = Date().addingTimeInterval(Double(milliseconds) / 1000)
     while Date() < end {
       if output.contains(text) { return true }
-      if !process.isRunning { return output.contains(text) }
+      if !isRunning { return output.contains(text) }
       usleep(50_000)
     }
     return false
@@ -174,12 +186,8 @@ public final class GuestVM: @unchecked Sendable {
     let scriptPath = dir + "/guest-test.sh"
     try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
     let out = dir + "/initramfs.gz"
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/bin/bash")
-    p.arguments = [makeInitramfs, out, scriptPath]
-    try p.run()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { throw CocoaError(.fileWriteUnknown) }
+    let p = try ManagedProcess("/bin/bash", [makeInitramfs, out, scriptPath], logPath: dir + "/initramfs.log")
+    guard p.waitExit(milliseconds: 120_000), p.waitStatus == 0 else { throw CocoaError(.fileWriteUnknown) }
     return out
   }
 

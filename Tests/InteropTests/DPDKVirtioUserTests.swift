@@ -40,7 +40,9 @@ struct DPDKVirtioUserTests {
     defer { pmd.stop() }
     let flowing = Self.waitUntil(seconds: 30) { device.received.packets > 50_000 }
     #expect(flowing, "no packets arrived: \(pmd.output.suffix(1500))")
+    let t0 = Date()
     pmd.stop()
+    #expect(Date().timeIntervalSince(t0) < 2.5, "testpmd did not end on SIGTERM")
     // The session ends when testpmd is gone; by then every published packet was counted.
     #expect(Self.waitUntil(seconds: 10) { backend.server.currentSession == nil })
     let sent = testpmdCounter(pmd.output, "TX-packets")

@@ -46,6 +46,11 @@ int _cvh_poll_readable(int fd, int timeout_ms);
 /// The maximum number of descriptors one vhost-user message may carry in our receive path.
 int _cvh_max_fds(void);
 
+/// posix_spawn of `path` with `argv` (NULL-terminated) in a new process group, with an empty
+/// signal mask and default SIGTERM/SIGINT/SIGPIPE handling, stdin from /dev/null and stdout+stderr
+/// to `logfd`. Returns the pid or -1 with errno.
+int _cvh_spawn(const char *path, char *const argv[], int logfd);
+
 /// O_DIRECT.
 int _cvh_o_direct(void);
 /// fallocate(2) keeping the size: punch a hole (punch != 0) or zero the range.
