@@ -308,7 +308,10 @@ extension BackendSession {
       return
     }
     if tracker.isInitialized {
-      if q.resubmit.isEmpty && !q.inflightAttached { q.resubmit = tracker.recover(usedIndex: split.usedIndex) }
+      if !q.inflightAttached {
+        q.resubmit = tracker.recover(usedIndex: split.usedIndex)
+        split.resume(afterResubmitting: q.resubmit.count)
+      }
     } else {
       tracker.initialize(features: ackedFeatures.rawValue, descNum: q.size, usedIndex: split.usedIndex)
     }

@@ -69,6 +69,12 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
   /// The chain at `head` again (resubmitting a request recorded as in flight).
   public func resubmit(head: UInt16) throws(ChainError) -> DescriptorChain { try walk(head) }
 
+  /// After a restart with inflight tracking: the requests between the used index and the next
+  /// avail index are exactly the `pending` ones being resubmitted, so fetching continues after them.
+  public func resume(afterResubmitting pending: Int) {
+    lastAvail = usedIdx &+ UInt16(truncatingIfNeeded: pending)
+  }
+
   /// The used index the device will publish next.
   public var usedIndex: UInt16 { usedIdx }
 
