@@ -250,8 +250,13 @@ extension BackendSession {
   func getVringBase(_ p: Payload) throws -> Reply {
     guard case .vringState(let s) = p else { throw RequestFailure("bad payload") }
     let q = try queue(s.index, .getVringBase)
-    // Taking the lock waits for the worker to finish the requests it is processing.
+    // The ring stops fetching; requests in flight complete first (the lock also waits for the worker).
+    if !q.quiesce(milliseconds: configuration.timeoutMilliseconds) {
+      log.warning("GET_VRING_BASE: ring \(s.index) still has \(q.outstanding) requests in flight")
+    }
     let num: UInt32 = q.lock.withLock {
+      q.generation &+= 1
+      q.outstanding = 0
       let n = q.ring.map { $0.base.num(packed: packed) } ?? q.baseNum
       q.started = false
       q.ring = nil
@@ -483,8 +488,12 @@ extension BackendSession {
 
   func teardown() {
     stopWorkers()
-    // What the driver published before it left is still processed (its memory is still mapped).
-    for q in queues { q.service(device) }
+    // What the driver published before it left is still processed (its memory is still mapped),
+    // and requests in flight on other threads complete before the rings go away.
+    for q in queues {
+      q.service(device)
+      _ = q.quiesce(milliseconds: configuration.timeoutMilliseconds)
+    }
     for q in queues { q.lock.withLock { q.reset() } }
     device.reset()
     memory = GuestMemory()

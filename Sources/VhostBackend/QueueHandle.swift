@@ -25,6 +25,15 @@ public final class QueueHandle: @unchecked Sendable {
   /// Heads recorded as in flight by a previous back-end, to be processed again first.
   var resubmit: [UInt16] = []
   var inflightAttached = false
+  // Asynchronous completions: filled from any thread under `completionLock`, pushed to the used
+  // ring by the worker (under `lock`). `generation` changes whenever the ring is reset or stopped,
+  // so a completion for a ring that no longer exists is dropped instead of corrupting a new one.
+  let completionLock = NSCondition()
+  var pendingCompletions: [(chain: DescriptorChain, written: Int, generation: UInt64)] = []
+  var generation: UInt64 = 0
+  /// Requests handed to `asyncCompletion` and not yet completed (under `lock`).
+  public internal(set) var outstanding = 0
+  weak var worker: QueueWorker?
   // Counters (worker thread).
   public private(set) var chainsCompleted = 0
   public private(set) var chainErrors = 0
@@ -76,6 +85,55 @@ public final class QueueHandle: @unchecked Sendable {
     }
   }
 
+  /// Takes `chain` for completion later, from any thread (devices doing I/O on a thread pool).
+  /// Completions may arrive in any order; the worker publishes them in the order they arrive.
+  public func asyncCompletion(for chain: DescriptorChain) -> AsyncCompletion {
+    outstanding += 1
+    return AsyncCompletion(queue: self, chain: chain, generation: generation)
+  }
+
+  func enqueueCompletion(_ chain: DescriptorChain, written: Int, generation: UInt64) {
+    completionLock.withLock {
+      pendingCompletions.append((chain, written, generation))
+      completionLock.broadcast()
+    }
+    worker?.completionsReady()
+  }
+
+  var hasPendingCompletions: Bool { completionLock.withLock { !pendingCompletions.isEmpty } }
+
+  /// Publishes completions that arrived from other threads (caller holds `lock`).
+  func flushCompletions() {
+    let batch: [(chain: DescriptorChain, written: Int, generation: UInt64)] = completionLock.withLock {
+      defer { pendingCompletions.removeAll(keepingCapacity: true) }
+      return pendingCompletions
+    }
+    guard !batch.isEmpty else { return }
+    for c in batch where c.generation == generation {
+      complete(c.chain, written: c.written)
+      outstanding -= 1
+    }
+    notifyIfNeeded()
+  }
+
+  /// Stops fetching and waits (up to `milliseconds`) until every request taken for asynchronous
+  /// completion has completed (GET_VRING_BASE). Returns false on timeout.
+  func quiesce(milliseconds: Int) -> Bool {
+    lock.withLock { started = false }
+    let end = Date().addingTimeInterval(Double(milliseconds) / 1000)
+    while true {
+      let idle: Bool = lock.withLock {
+        flushCompletions()
+        return outstanding == 0
+      }
+      if idle { return true }
+      if Date() >= end { return false }
+      completionLock.withLock {
+        if pendingCompletions.isEmpty { _ = completionLock.wait(until: Date().addingTimeInterval(0.05)) }
+      }
+    }
+  }
+
   /// Interrupts the driver if it wants to be (EVENT_IDX / NO_INTERRUPT): call eventfd, or the
   /// in-band BACKEND_VRING_CALL when INBAND_NOTIFICATIONS is in use and no call fd was given.
   public func notifyIfNeeded() {
@@ -103,6 +161,7 @@ public final class QueueHandle: @unchecked Sendable {
   func service(_ device: VhostUserDevice) {
     lock.lock()
     defer { lock.unlock() }
+    if ring != nil { flushCompletions() }
     guard isActive else { return }
     device.process(self)
   }
@@ -112,7 +171,7 @@ public final class QueueHandle: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     guard isActive, let ring else { return false }
-    return ring.hasAvailable
+    return ring.hasAvailable || hasPendingCompletions
   }
 
   /// Back to the initial state: stopped, disabled, nothing configured.
@@ -130,5 +189,17 @@ public final class QueueHandle: @unchecked Sendable {
     log = nil
     resubmit = []
     inflightAttached = false
+    generation &+= 1
+    outstanding = 0
   }
+}
+
+/// A request a device completes later, from any thread.
+public struct AsyncCompletion: Sendable {
+  let queue: QueueHandle
+  public let chain: DescriptorChain
+  let generation: UInt64
+
+  /// Completes the request with `written` bytes; the queue's worker publishes it and notifies.
+  public func complete(written: Int) { queue.enqueueCompletion(chain, written: written, generation: generation) }
 }

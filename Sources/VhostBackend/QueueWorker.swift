@@ -42,6 +42,9 @@ final class QueueWorker: @unchecked Sendable {
     try? wakeup.signal()
   }
 
+  /// Asynchronous completions are waiting: service the queues without re-arming.
+  func completionsReady() { try? wakeup.signal() }
+
   func stop() {
     stopping.store(true, ordering: .releasing)
     try? wakeup.signal()
@@ -88,6 +91,7 @@ final class QueueWorker: @unchecked Sendable {
       for t in tokens {
         if t == wakeToken {
           wakeup.drain()
+          for q in queues where q.hasPendingCompletions { q.service(device) }
           continue
         }
         guard let kick = armed[Int(t)] else { continue }
@@ -111,6 +115,7 @@ extension BackendSession {
     }
     for g in groups {
       if let w = try? QueueWorker(queues: g, device: device, poll: configuration.poll) {
+        for q in g { q.worker = w }
         workers.append(w)
         w.start()
       }

@@ -32,10 +32,16 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
     public var unsupported = 0
   }
 
+  /// Threads doing the file I/O (0: synchronously on the queue's worker thread).
+  public let ioThreads: Int
+  let pool: WorkerPool?
+
   public init(path: String, readOnly: Bool = false, numQueues: Int = 1, queueSize: Int = 256, serial: String = "",
-    direct: Bool = false) throws
+    direct: Bool = false, ioThreads: Int = 0) throws
   {
     file = try BlockFile(path: path, readOnly: readOnly, direct: direct)
+    self.ioThreads = ioThreads
+    pool = ioThreads > 0 ? WorkerPool(threads: ioThreads, name: "vhost-user-blk-io") : nil
     self.numQueues = numQueues
     self.queueSize = queueSize
     self.serial = serial.isEmpty ? "swift-vhost-user" : serial
@@ -88,21 +94,35 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
   }
 
   public func process(_ queue: QueueHandle) {
+    let log = queue.log
+    if let pool {
+      // Many requests in flight per queue: each runs on the pool and completes out of order.
+      while let chain = queue.next() {
+        let completion = queue.asyncCompletion(for: chain)
+        pool.submit { [self] in
+          completion.complete(written: execute(chain, log: log))
+        }
+      }
+      return
+    }
     var n = 0
     while let chain = queue.next() {
-      let (status, written) = handle(chain, log: queue.log)
-      var w = chain.writer(log: queue.log)
-      // The status byte is the last writable byte.
-      if chain.writableLength >= 1 {
-        w.skip(chain.writableLength - 1)
-        w.write([status.rawValue])
-      }
-      queue.complete(chain, written: chain.writableLength >= 1 ? written + 1 : 0)
-      count(status)
+      queue.complete(chain, written: execute(chain, log: log))
       n += 1
       if n % 16 == 0 { queue.notifyIfNeeded() }
     }
     queue.notifyIfNeeded()
+  }
+
+  /// Runs one request and writes its status byte (the last writable byte); returns the used length.
+  func execute(_ chain: DescriptorChain, log: DirtyLog?) -> Int {
+    let (status, written) = handle(chain, log: log)
+    count(status)
+    guard chain.writableLength >= 1 else { return 0 }
+    var w = chain.writer(log: log)
+    w.skip(chain.writableLength - 1)
+    w.write([status.rawValue])
+    return written + 1
   }
 
   func count(_ status: Status) {
