@@ -10,8 +10,10 @@ struct Blk: ParsableCommand {
   @Option(help: "Largest queue size.") var queueSize = 256
   @Option(help: "Serial (GET_ID), up to 20 bytes.") var serial = ""
   @Flag(help: "Open with O_DIRECT.") var direct = false
-  @Option(help: "I/O threads (requests in flight at once, completing out of order); 0 = on the queue thread.")
-  var ioThreads = 0
+  @Option(
+    help: "I/O threads (requests in flight, completing out of order); 0 = on the queue thread. Default: 8 with --direct, else 0."
+  )
+  var ioThreads: Int?
 
   func run() throws {
     if options.printCapabilities {
@@ -21,7 +23,8 @@ struct Blk: ParsableCommand {
     guard let blkFile else { throw ValidationError("--blk-file is required") }
     guard (1...64).contains(numQueues) else { throw ValidationError("--num-queues must be 1...64") }
     let device = try BlkDevice(
-      path: blkFile, readOnly: readOnly, numQueues: numQueues, queueSize: queueSize, serial: serial, direct: direct, ioThreads: ioThreads)
+      path: blkFile, readOnly: readOnly, numQueues: numQueues, queueSize: queueSize, serial: serial, direct: direct,
+      ioThreads: ioThreads ?? (direct ? 8 : 0))
     try options.serve(device)
   }
 }
