@@ -15,6 +15,7 @@ let package = Package(
     .library(name: "VhostBackend", targets: ["VhostBackend"]),
     .library(name: "VhostDevices", targets: ["VhostDevices"]),
     .executable(name: "vhost-user", targets: ["VhostUserCLI"]),
+    .executable(name: "vhost-fuzz", targets: ["vhost-fuzz"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -43,6 +44,13 @@ let package = Package(
       swiftSettings: strict),
     .target(
       name: "VhostDevices", dependencies: ["VhostBackend", "VhostProtocol", "VhostSystem", "Virtqueue"], swiftSettings: strict),
+    .target(
+      name: "VhostFuzzTargets",
+      dependencies: [
+        "VhostBackend", "VhostDevices", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue",
+      ],
+      swiftSettings: strict),
+    .executableTarget(name: "vhost-fuzz", dependencies: ["VhostFuzzTargets"], path: "Sources/VhostFuzz", swiftSettings: strict),
     .executableTarget(
       name: "VhostUserCLI",
       dependencies: [
@@ -51,6 +59,7 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strict),
+    .testTarget(name: "FuzzCorpusTests", dependencies: ["VhostFuzzTargets"], swiftSettings: strict),
     .testTarget(name: "VhostProtocolTests", dependencies: ["VhostProtocol"], swiftSettings: strict),
     .testTarget(
       name: "VhostFrontendTests",

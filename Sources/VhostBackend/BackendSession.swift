@@ -71,6 +71,7 @@ public final class BackendSession: @unchecked Sendable {
   public private(set) var refusals: [String] = []
 
   public init(device: VhostUserDevice, socket: UnixSocket, configuration: BackendConfiguration) {
+    ignoreSIGPIPE()
     self.device = device
     self.configuration = configuration
     channel = MessageChannel(socket: socket, timeoutMilliseconds: configuration.timeoutMilliseconds)
@@ -111,11 +112,17 @@ public final class BackendSession: @unchecked Sendable {
     }
   }
 
+  /// Processes every active queue once on the calling thread (fuzzers; `run()` uses workers).
+  @_spi(Fuzzing) public func serviceQueuesOnce() {
+    for q in queues { q.service(device) }
+  }
+
   /// Ends `run()` from another thread.
   public func shutdown() { channel.socket.shutdown() }
 
-  /// Handles one message; false closes the connection.
-  func handle(_ raw: RawMessage) -> Bool {
+  /// Handles one message; false closes the connection. (Exposed for the fuzzers, which feed whole
+  /// message sequences without a peer.)
+  @_spi(Fuzzing) public func handle(_ raw: RawMessage) -> Bool {
     let code = FrontendRequest(rawValue: raw.header.request)
     let needReply = raw.header.flags.contains(.needReply)
     let received: Received<FrontendRequest>

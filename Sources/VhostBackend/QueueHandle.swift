@@ -34,12 +34,28 @@ public final class QueueHandle: @unchecked Sendable {
   /// Requests handed to `asyncCompletion` and not yet completed (under `lock`).
   public internal(set) var outstanding = 0
   weak var worker: QueueWorker?
+  /// Chains `next()` still hands out in this service call.
+  var budget = 0
+  /// The last service call stopped because of the budget (there may be more work).
+  var budgetExhausted = false
   // Counters (worker thread).
   public private(set) var chainsCompleted = 0
   public private(set) var chainErrors = 0
   public private(set) var lastChainError: ChainError?
 
   init(index: Int) { self.index = index }
+
+  /// A queue that is started and enabled over `ring`, outside any session (fuzzers and device
+  /// tests drive a device's `process` with it directly).
+  @_spi(Fuzzing) public static func standalone(index: Int = 0, ring: DeviceRing) -> QueueHandle {
+    let q = QueueHandle(index: index)
+    q.ring = ring
+    q.size = ring.configuration.size
+    q.started = true
+    q.enabled = true
+    q.budget = 4 * Int(ring.configuration.size)
+    return q
+  }
 
   /// Dirty log to pass to `DescriptorChain.writer(log:)` (nil when logging is off).
   public private(set) var log: DirtyLog?
@@ -60,7 +76,14 @@ public final class QueueHandle: @unchecked Sendable {
       resubmit.removeFirst()
       if let chain = try? split.resubmit(head: head) { return chain }
     }
+    // A bounded batch per service call (malformed chains count too): a guest that keeps the ring
+    // full, or lays its used ring over its avail ring, cannot pin the worker; it comes back later.
     while true {
+      guard budget > 0 else {
+        budgetExhausted = true
+        return nil
+      }
+      budget -= 1
       do {
         return try ring.pop()
       } catch {
@@ -163,6 +186,8 @@ public final class QueueHandle: @unchecked Sendable {
     defer { lock.unlock() }
     if ring != nil { flushCompletions() }
     guard isActive else { return }
+    budget = 4 * max(Int(size), 1)
+    budgetExhausted = false
     device.process(self)
   }
 
@@ -171,8 +196,11 @@ public final class QueueHandle: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     guard isActive, let ring else { return false }
-    return ring.hasAvailable || hasPendingCompletions
+    return ring.hasAvailable || hasPendingCompletions || budgetExhausted
   }
+
+  /// The last service call left work behind (budget exhausted).
+  var wantsMoreService: Bool { lock.withLock { budgetExhausted && isActive } }
 
   /// Back to the initial state: stopped, disabled, nothing configured.
   func reset() {

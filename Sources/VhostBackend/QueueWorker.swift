@@ -87,7 +87,9 @@ final class QueueWorker: @unchecked Sendable {
         }
         continue
       }
-      let tokens = epoll.wait(timeoutMilliseconds: anyPolled ? 1 : 1000)
+      let busy = queues.contains { $0.wantsMoreService }
+      let tokens = epoll.wait(timeoutMilliseconds: busy ? 0 : (anyPolled ? 1 : 1000))
+      for q in queues where q.wantsMoreService { q.service(device) }
       for t in tokens {
         if t == wakeToken {
           wakeup.drain()

@@ -21,7 +21,12 @@ public final class BackendChannelServer: @unchecked Sendable {
   /// Called (on the channel thread) for each BACKEND_CONFIG_CHANGE_MSG.
   public var onConfigChange: (@Sendable () -> Void)?
 
-  init(socket: UnixSocket, connection: VhostUserConnection, timeoutMilliseconds: Int) {
+  /// A server over `socket` (the fuzzers build one without a connection).
+  @_spi(Fuzzing) public convenience init(socket: UnixSocket) {
+    self.init(socket: socket, connection: nil, timeoutMilliseconds: 100)
+  }
+
+  init(socket: UnixSocket, connection: VhostUserConnection?, timeoutMilliseconds: Int) {
     channel = MessageChannel(socket: socket, timeoutMilliseconds: timeoutMilliseconds)
     self.connection = connection
   }
@@ -90,7 +95,7 @@ public final class BackendChannelServer: @unchecked Sendable {
   }
 
   /// Returns the REPLY_ACK status for one request.
-  private func handle(_ message: BackendMessage) -> UInt64 {
+  @_spi(Fuzzing) public func handle(_ message: BackendMessage) -> UInt64 {
     switch (message.code, message.payload) {
     case (.configChange, _):
       lock.withLock { _configChanges += 1 }

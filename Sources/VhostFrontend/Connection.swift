@@ -61,6 +61,7 @@ public final class VhostUserConnection: @unchecked Sendable {
   var installedRegions: [GuestRegion] = []
 
   public init(socket: UnixSocket, configuration: FrontendConfiguration = FrontendConfiguration()) {
+    ignoreSIGPIPE()
     channel = MessageChannel(socket: socket, timeoutMilliseconds: configuration.timeoutMilliseconds)
     self.configuration = configuration
   }

@@ -38,9 +38,20 @@ public final class SharedMemory: @unchecked Sendable {
   }
 
   /// Maps `size` bytes of `fd` starting at `offset`. The offset need not be page aligned: the
-  /// mapping starts at the page below it.
+  /// mapping starts at the page below it. For a regular file (memfd, tmpfs, hugetlbfs) the range must
+  /// lie inside the file — touching a mapping beyond its end raises SIGBUS — and the file's size is
+  /// sealed when it allows sealing, so the peer cannot shrink it under us afterwards.
   public init(mapping fd: OwnedFD, size: Int, offset: UInt64, writable: Bool = true) throws(SystemError) {
     guard size > 0, offset <= UInt64(Int64.max) - UInt64(size) else { throw SystemError("mmap", errno: EINVAL) }
+    var fileSize: Int64 = 0
+    let regular = _cvh_regular_size(fd.rawValue, &fileSize)
+    if regular < 0 { throw SystemError.current("fstat") }
+    if regular == 1 {
+      guard offset + UInt64(size) <= UInt64(max(fileSize, 0)) else {
+        throw SystemError("mmap: \(size) bytes at offset \(offset) exceed the \(fileSize)-byte file", errno: EINVAL)
+      }
+      _ = _cvh_seal_size(fd.rawValue)
+    }
     let page = UInt64(sysconf(Int32(_SC_PAGESIZE)))
     let aligned = offset & ~(page - 1)
     let delta = Int(offset - aligned)

@@ -24,6 +24,12 @@ public struct RawMessage: Sendable {
   public var header: MessageHeader
   public var body: [UInt8]
   public var fds: [OwnedFD]
+
+  public init(header: MessageHeader, body: [UInt8], fds: [OwnedFD]) {
+    self.header = header
+    self.body = body
+    self.fds = fds
+  }
 }
 
 /// A decoded message and the descriptors it carried (owned: dropping them closes them).

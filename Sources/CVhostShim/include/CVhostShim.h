@@ -46,6 +46,12 @@ int _cvh_poll_readable(int fd, int timeout_ms);
 /// The maximum number of descriptors one vhost-user message may carry in our receive path.
 int _cvh_max_fds(void);
 
+/// fcntl(F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW): 0 on success, -1 with errno (EPERM when the
+/// file does not allow sealing, EINVAL when it is not a memfd).
+int _cvh_seal_size(int fd);
+/// 1 if `fd` is a regular file (memfd, tmpfs, hugetlbfs), and its size in `*size`.
+int _cvh_regular_size(int fd, long long *size);
+
 /// posix_spawn of `path` with `argv` (NULL-terminated) in a new process group, with an empty
 /// signal mask and default SIGTERM/SIGINT/SIGPIPE handling, stdin from /dev/null and stdout+stderr
 /// to `logfd`. Returns the pid or -1 with errno.

@@ -1,0 +1,233 @@
+@_spi(Fuzzing) import VhostBackend
+import VhostDevices
+@_spi(Fuzzing) import VhostFrontend
+import VhostProtocol
+import VhostSystem
+import VhostTransport
+import Virtqueue
+
+/// libFuzzer targets. Each takes arbitrary bytes and must neither trap, hang nor leak.
+public enum FuzzTarget: String, CaseIterable, Sendable {
+  /// (1) Header and body decoding on both channels.
+  case decode
+  /// (2) The back-end's state machine fed whole message sequences (with fake descriptors).
+  case backend
+  /// (3) The split-ring descriptor walker over a fuzzed guest memory image.
+  case splitRing
+  /// (4) The packed-ring descriptor walker over a fuzzed guest memory image.
+  case packedRing
+  /// (5) The front-end's reply validation and back-end channel handling.
+  case frontend
+  /// (6) The virtio-blk and virtio-net request parsers over fuzzed rings.
+  case devices
+
+  public func run(_ data: [UInt8]) {
+    switch self {
+    case .decode: FuzzDecode.run(data)
+    case .backend: FuzzBackend.run(data)
+    case .splitRing: FuzzRing.run(data, packed: false)
+    case .packedRing: FuzzRing.run(data, packed: true)
+    case .frontend: FuzzFrontend.run(data)
+    case .devices: FuzzDevices.run(data)
+    }
+  }
+}
+
+/// Splits fuzz input into length-prefixed chunks.
+struct FuzzInput {
+  var bytes: [UInt8]
+  var offset = 0
+  init(_ bytes: [UInt8]) { self.bytes = bytes }
+  var isEmpty: Bool { offset >= bytes.count }
+  mutating func byte() -> UInt8 {
+    guard offset < bytes.count else { return 0 }
+    defer { offset += 1 }
+    return bytes[offset]
+  }
+  mutating func u16() -> UInt16 { UInt16(byte()) | UInt16(byte()) << 8 }
+  mutating func take(_ n: Int) -> [UInt8] {
+    let end = min(bytes.count, offset + max(0, n))
+    defer { offset = end }
+    return Array(bytes[offset..<end])
+  }
+}
+
+enum FuzzDecode {
+  static func run(_ data: [UInt8]) {
+    guard data.count >= 13 else { return }
+    let fdCount = Int(data[0] % 5)
+    let header = Array(data[1..<13])
+    let body = Array(data[13...])
+    if let h = try? MessageHeader.decode(header), Int(h.size) == body.count {
+      _ = try? FrontendMessage.decodeRequest(header: h, body: body, fdCount: fdCount)
+      _ = try? BackendMessage.decodeRequest(header: h, body: body, fdCount: fdCount)
+      _ = try? FrontendMessage.decodeReply(
+        to: FrontendRequest(rawValue: h.request), header: h, body: body, fdCount: fdCount)
+      _ = try? BackendMessage.decodeReply(to: BackendRequest(rawValue: h.request), header: h, body: body, fdCount: fdCount)
+    }
+    // Every layout over the raw body, whatever the header said.
+    let layouts: [PayloadLayout] = [
+      .u64, .u64OrEmpty, .vringState, .vringAddress, .memoryTable, .singleRegion, .log, .iotlb, .config, .vringArea,
+      .inflight, .sharedObject, .deviceStateTransfer, .shmemMap, .shmemConfig,
+    ]
+    let layout = layouts[Int(data[0]) % layouts.count]
+    if let p = try? Payload.decode(body, as: layout, request: "fuzz") {
+      // Whatever decodes re-encodes to something that decodes to the same value.
+      let again = try? Payload.decode(p.encoded(), as: layout, request: "fuzz")
+      precondition(again == p, "re-encoding changed a payload")
+    }
+    _ = try? BlkConfig(bytes: body)
+    _ = try? NetConfig(bytes: body)
+  }
+}
+
+/// A device with one queue that echoes (the back-end state machine fuzzer serves it).
+final class FuzzEchoDevice: VhostUserDevice, @unchecked Sendable {
+  let type = "fuzz"
+  var features: VirtioFeatures { .version1 }
+  var queueCount: Int { 2 }
+  func readConfig() -> [UInt8] { Array(repeating: 7, count: 16) }
+  func process(_ queue: QueueHandle) {
+    var n = 0
+    while let chain = queue.next(), n < 64 {
+      var r = chain.reader()
+      let bytes = r.read(4096)
+      var w = chain.writer(log: queue.log)
+      w.write(bytes)
+      queue.complete(chain, written: w.written)
+      n += 1
+    }
+    queue.notifyIfNeeded()
+  }
+}
+
+enum FuzzBackend {
+  /// Guest memory the fuzzer's messages can name (a memfd 64 KiB long).
+  static func fakeFD(kind: UInt8) -> OwnedFD? {
+    switch kind % 3 {
+    case 0: return (try? SharedMemory(anonymous: "fuzz", size: 65536))?.fd
+    case 1: return (try? EventFD())?.fd
+    default: return (try? UnixSocket.pair())?.0.fd
+    }
+  }
+
+  static func run(_ data: [UInt8]) {
+    guard let (mine, peer) = try? UnixSocket.pair() else { return }
+    let session = BackendSession(device: FuzzEchoDevice(), socket: mine, configuration: {
+      var c = BackendConfiguration()
+      c.timeoutMilliseconds = 10
+      return c
+    }())
+    var input = FuzzInput(data)
+    var messages = 0
+    while !input.isEmpty && messages < 32 {
+      messages += 1
+      let code = UInt32(input.byte() % 48)
+      let flagsByte = input.byte()
+      let flags = HeaderFlags(rawValue: 1 | (flagsByte & 0x8 != 0 ? 0x8 : 0))
+      let fdSpec = input.byte()
+      let length = Int(input.u16() % 600)
+      let body = input.take(length)
+      var fds: [OwnedFD] = []
+      for i in 0..<Int(fdSpec % 4) { if let fd = fakeFD(kind: fdSpec >> UInt8(2 + i)) { fds.append(fd) } }
+      let raw = RawMessage(
+        header: MessageHeader(request: code, flags: flags, size: UInt32(body.count)), body: body, fds: fds)
+      let keep = session.handle(raw)
+      session.serviceQueuesOnce()
+      drain(peer)
+      if !keep { break }
+    }
+  }
+
+  /// Reads and drops whatever the session replied (so its sends never block).
+  static func drain(_ socket: UnixSocket) {
+    let channel = MessageChannel(socket: socket, timeoutMilliseconds: 0)
+    while (try? channel.receiveRaw(waitMilliseconds: 0)) != nil {}
+  }
+}
+
+enum FuzzRing {
+  /// Guest memory 64 KiB at GPA 0 filled with the input; ring geometry from the first bytes.
+  static func run(_ data: [UInt8], packed: Bool) {
+    guard data.count >= 8, let mem = try? SharedMemory(anonymous: "fuzz-ring", size: 65536) else { return }
+    try? mem.write(data.prefix(65536), at: 0)
+    guard let memory = try? GuestMemory().adding(
+      MemoryRegion(guestPhysAddr: 0, memorySize: 65536, userAddr: 0x10_0000, mmapOffset: 0), fd: mem.fd, limit: 8)
+    else { return }
+    var input = FuzzInput(data)
+    let size = UInt16(1) << UInt16(input.byte() % 9)  // 1...256
+    let desc = UInt64(input.u16() & 0xfff0)
+    let avail = UInt64(input.u16() & 0xfffe)
+    let used = UInt64(input.u16() & 0xfffc)
+    let flags = input.byte()
+    let config = RingConfiguration(
+      size: size, desc: 0x10_0000 + desc, avail: 0x10_0000 + avail, used: 0x10_0000 + used,
+      eventIndex: flags & 1 != 0, packed: packed,
+      base: VringBase(num: UInt32(input.u16()) | UInt32(input.u16()) << 16, packed: packed))
+    guard let ring = try? makeDeviceRing(config, memory: memory) else { return }
+    for _ in 0..<64 {
+      guard let chain = try? ring.pop() else {
+        if !ring.hasAvailable { break }
+        continue
+      }
+      var r = chain.reader()
+      let bytes = r.read(512)
+      var w = chain.writer()
+      w.write(bytes)
+      try? ring.push(chain, length: UInt32(w.written))
+      _ = ring.needsNotification()
+    }
+    _ = ring.base
+  }
+}
+
+enum FuzzFrontend {
+  static func run(_ data: [UInt8]) {
+    guard data.count >= 14 else { return }
+    let header = Array(data[2..<14])
+    let body = Array(data[14...])
+    let request = FrontendRequest(rawValue: UInt32(data[0] % 47))
+    if let h = try? MessageHeader.decode(header) {
+      let b = Array(body.prefix(Int(h.size)))
+      _ = try? FrontendMessage.decodeReply(to: request, header: h, body: b, fdCount: Int(data[1] % 3))
+      if let m = try? BackendMessage.decodeRequest(header: h, body: b, fdCount: 0),
+        let (mine, _) = try? UnixSocket.pair()
+      {
+        _ = BackendChannelServer(socket: mine).handle(m)
+      }
+    }
+  }
+}
+
+enum FuzzDevices {
+  /// First byte: which device and queue; the rest is the guest memory image, as for the ring fuzzers.
+  static func run(_ data: [UInt8]) {
+    guard data.count >= 9, let mem = try? SharedMemory(anonymous: "fuzz-dev", size: 65536) else { return }
+    let which = data[0]
+    let image = Array(data.dropFirst())
+    try? mem.write(image.prefix(65536), at: 0)
+    guard let memory = try? GuestMemory().adding(
+      MemoryRegion(guestPhysAddr: 0, memorySize: 65536, userAddr: 0x10_0000, mmapOffset: 0), fd: mem.fd, limit: 8)
+    else { return }
+    var input = FuzzInput(image)
+    let size = UInt16(1) << UInt16(input.byte() % 7)
+    let config = RingConfiguration(
+      size: size, desc: 0x10_0000 + UInt64(input.u16() & 0xfff0), avail: 0x10_0000 + UInt64(input.u16() & 0xfffe),
+      used: 0x10_0000 + UInt64(input.u16() & 0xfffc), eventIndex: false, packed: false, base: VringBase(split: 0))
+    guard let ring = try? makeDeviceRing(config, memory: memory) else { return }
+    let queue = QueueHandle.standalone(index: Int(which % 2), ring: ring)
+    if which & 2 == 0 {
+      guard let blk = blkDevice else { return }
+      blk.process(queue)
+    } else {
+      NetDevice(forwarding: .rxonly).process(queue)
+    }
+  }
+
+  /// A 1 MiB disk in a memfd (opened again through /proc so BlockFile owns its own descriptor).
+  static let disk = try? SharedMemory(anonymous: "fuzz-disk", size: 1 << 20)
+  static let blkDevice: BlkDevice? = {
+    guard let disk else { return nil }
+    return try? BlkDevice(path: "/proc/self/fd/\(disk.fd.rawValue)", serial: "fuzz")
+  }()
+}
