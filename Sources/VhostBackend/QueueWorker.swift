@@ -12,7 +12,9 @@ final class QueueWorker: @unchecked Sendable {
   let wakeup: EventFD
   private let stopping = Atomic<Bool>(false)
   private let rearm = Atomic<Bool>(true)
-  private var thread: Thread?
+  /// Whether the thread was started (the Thread object itself is not kept: it retains its
+  /// closure, which retains us — a cycle that leaked every worker and its descriptors).
+  private var threadStarted = false
   private let finished = NSCondition()
   private var done = false
 
@@ -32,7 +34,7 @@ final class QueueWorker: @unchecked Sendable {
       }
     }
     t.name = "vhost-user-queue-\(queues.first?.index ?? 0)"
-    thread = t
+    threadStarted = true
     t.start()
   }
 
@@ -49,7 +51,7 @@ final class QueueWorker: @unchecked Sendable {
     stopping.store(true, ordering: .releasing)
     try? wakeup.signal()
     finished.withLock {
-      while !done && thread != nil { _ = finished.wait(until: Date().addingTimeInterval(1)) }
+      while !done && threadStarted { _ = finished.wait(until: Date().addingTimeInterval(1)) }
     }
   }
 

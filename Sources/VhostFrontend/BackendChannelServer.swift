@@ -15,7 +15,9 @@ public final class BackendChannelServer: @unchecked Sendable {
   private var _vringErrors: [UInt32: Int] = [:]
   private var _sharedObjects: Set<[UInt8]> = []
   private var _rejected: [String] = []
-  private var thread: Thread?
+  /// Whether the thread was started (the Thread object itself is not kept: it retains its
+  /// closure, which retains us — a cycle that leaked every worker and its descriptors).
+  private var threadStarted = false
   private let done = NSCondition()
   private var finished = false
   /// Called (on the channel thread) for each BACKEND_CONFIG_CHANGE_MSG.
@@ -40,14 +42,14 @@ public final class BackendChannelServer: @unchecked Sendable {
       self.done.unlock()
     }
     t.name = "vhost-user-backend-channel"
-    thread = t
+    threadStarted = true
     t.start()
   }
 
   /// Stops serving and waits for the thread to end.
   public func stop() {
     channel.socket.shutdown()
-    guard thread != nil else { return }
+    guard threadStarted else { return }
     done.lock()
     while !finished { _ = done.wait(until: Date().addingTimeInterval(1)) }
     done.unlock()
