@@ -63,8 +63,21 @@ public final class BackendChannelServer: @unchecked Sendable {
   public var vringErrors: [UInt32: Int] { lock.withLock { _vringErrors } }
   /// UUIDs registered with BACKEND_SHARED_OBJECT_ADD.
   public var sharedObjects: Set<[UInt8]> { lock.withLock { _sharedObjects } }
-  /// Requests refused as unsupported or malformed, by name.
+  /// The latest requests refused as unsupported or malformed, by name (at most 64 are kept, so a
+  /// flooding back-end cannot grow our memory).
   public var rejected: [String] { lock.withLock { _rejected } }
+  /// How many requests were refused in all.
+  public var rejectedCount: Int { lock.withLock { _rejectedCount } }
+
+  private var _rejectedCount = 0
+
+  private func reject(_ name: String) {
+    lock.withLock {
+      _rejectedCount += 1
+      _rejected.append(name)
+      if _rejected.count > 64 { _rejected.removeFirst(_rejected.count - 64) }
+    }
+  }
 
   private func run() {
     while true {
@@ -82,7 +95,7 @@ public final class BackendChannelServer: @unchecked Sendable {
         status = handle(received.message)
         needsReply = received.message.needsReply
       } catch {
-        lock.withLock { _rejected.append(code.name) }
+        reject(code.name)
         status = 1
       }
       let acked = connection?.state.protocolFeatures.contains(.replyAck) ?? false
@@ -110,13 +123,17 @@ public final class BackendChannelServer: @unchecked Sendable {
       lock.withLock { _vringErrors[s.index, default: 0] += 1 }
       return 0
     case (.sharedObjectAdd, .sharedObject(let o)):
-      lock.withLock { _ = _sharedObjects.insert(o.uuid) }
-      return 0
+      // A bounded table: a back-end cannot make us hold an unlimited number of objects.
+      return lock.withLock {
+        guard _sharedObjects.count < 4096 || _sharedObjects.contains(o.uuid) else { return 1 }
+        _sharedObjects.insert(o.uuid)
+        return 0
+      }
     case (.sharedObjectRemove, .sharedObject(let o)):
       return lock.withLock { _sharedObjects.remove(o.uuid) == nil ? 1 : 0 }
     default:
       // IOTLB misses (no vIOMMU here), host notifiers, SHMEM and lookups we cannot serve.
-      lock.withLock { _rejected.append(message.code.name) }
+      reject(message.code.name)
       return 1
     }
   }
