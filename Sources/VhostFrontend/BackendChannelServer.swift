@@ -8,7 +8,10 @@ import VhostTransport
 /// Replies go out only when the back-end sets NEED_REPLY (REPLY_ACK).
 public final class BackendChannelServer: @unchecked Sendable {
   let channel: MessageChannel
-  weak var connection: VhostUserConnection?
+  /// REPLY_ACK was negotiated (fixed before the channel exists), so NEED_REPLY is honoured. The
+  /// server keeps no reference to the connection: it answers while a front-end request is
+  /// outstanding, and the connection is never freed on this thread.
+  let replyAck: Bool
   private let lock = NSLock()
   private var _configChanges = 0
   private var _vringCalls: [UInt32: Int] = [:]
@@ -25,12 +28,12 @@ public final class BackendChannelServer: @unchecked Sendable {
 
   /// A server over `socket` (the fuzzers build one without a connection).
   @_spi(Fuzzing) public convenience init(socket: UnixSocket) {
-    self.init(socket: socket, connection: nil, timeoutMilliseconds: 100)
+    self.init(socket: socket, replyAck: true, timeoutMilliseconds: 100)
   }
 
-  init(socket: UnixSocket, connection: VhostUserConnection?, timeoutMilliseconds: Int) {
+  init(socket: UnixSocket, replyAck: Bool, timeoutMilliseconds: Int) {
     channel = MessageChannel(socket: socket, timeoutMilliseconds: timeoutMilliseconds)
-    self.connection = connection
+    self.replyAck = replyAck
   }
 
   func start() {
@@ -98,8 +101,7 @@ public final class BackendChannelServer: @unchecked Sendable {
         reject(code.name)
         status = 1
       }
-      let acked = connection?.state.protocolFeatures.contains(.replyAck) ?? false
-      if needsReply && acked {
+      if needsReply && replyAck {
         do {
           try channel.reply(to: code, payload: .u64(status))
         } catch {

@@ -54,8 +54,15 @@ public struct NegotiatedState: Sendable {
 public final class VhostUserConnection: @unchecked Sendable {
   public let channel: MessageChannel
   public let configuration: FrontendConfiguration
+  /// Guards the negotiated state (short critical sections only).
   let lock = NSLock()
+  /// Keeps each request and its reply together; never taken while `lock` is held.
+  let requestLock = NSLock()
   private var _state = NegotiatedState()
+  /// Set once a request failed on the wire: the stream may be out of step, so the connection is
+  /// shut down and every later request fails at once (the spec: a front-end that gets no valid
+  /// reply closes the connection).
+  private var broken = false
   private(set) var backendChannel: BackendChannelServer?
   /// Regions currently known to the back-end (for ADD/REM_MEM_REG updates).
   var installedRegions: [GuestRegion] = []
@@ -117,8 +124,9 @@ public final class VhostUserConnection: @unchecked Sendable {
     let ack = !hasExplicitReply && current.protocolFeatures.contains(.replyAck)
     var flags: HeaderFlags = .version1
     if ack { flags.insert(.needReply) }
-    lock.lock()
-    defer { lock.unlock() }
+    requestLock.lock()
+    defer { requestLock.unlock() }
+    if lock.withLock({ broken }) { throw .channel(.transport(.disconnected)) }
     configuration.logger.trace("-> \(request.name) \(payload)")
     do {
       try channel.send(Message(request, flags: flags, payload: payload), fds: fds)
@@ -137,6 +145,8 @@ public final class VhostUserConnection: @unchecked Sendable {
     } catch let error as FrontendError {
       throw error
     } catch let error as ChannelError {
+      lock.withLock { broken = true }
+      channel.socket.shutdown()
       throw .channel(error)
     } catch {
       throw .invalidArgument("\(error)")

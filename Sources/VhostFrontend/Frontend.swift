@@ -268,7 +268,8 @@ public struct VhostUserFrontend: Sendable {
     do {
       let (mine, theirs) = try UnixSocket.pair()
       let server = BackendChannelServer(
-        socket: mine, connection: connection, timeoutMilliseconds: connection.configuration.timeoutMilliseconds)
+        socket: mine, replyAck: connection.state.protocolFeatures.contains(.replyAck),
+        timeoutMilliseconds: connection.configuration.timeoutMilliseconds)
       try send(.setBackendReqFD, fds: [theirs.fd])
       connection.attach(backendChannel: server)
       server.start()
