@@ -41,16 +41,27 @@ public final class BlkDriver: @unchecked Sendable {
 
   var mem: SharedMemory { device.memory.memory }
 
-  /// Submits one request and waits for it; returns the data the device wrote (for reads).
-  func submit(_ type: RequestType, sector: UInt64, write data: [UInt8] = [], readLength: Int = 0)
-    throws(FrontendError) -> [UInt8]
+  /// The outcome of one raw request.
+  public struct Completion: Sendable {
+    /// The status byte the device wrote (0xff if it wrote none).
+    public var status: UInt8
+    /// The device-writable data (for reads).
+    public var data: [UInt8]
+    /// The used length the device reported.
+    public var usedLength: UInt32
+  }
+
+  /// Submits one request exactly as given (type, sector, readable data, writable length, and
+  /// whether a status byte is provided) and waits for it. Tests use it to send malformed requests.
+  public func request(type: UInt32, sector: UInt64, write data: [UInt8] = [], readLength: Int = 0,
+    statusByte: Bool = true) throws(FrontendError) -> Completion
   {
     guard data.count <= maxTransfer, readLength <= maxTransfer else {
       throw .invalidArgument("transfer larger than \(maxTransfer) bytes")
     }
     let slot = slots[0]
     do {
-      try mem.store(type.rawValue, at: slot)
+      try mem.store(type, at: slot)
       try mem.store(UInt32(0), at: slot + 4)
       try mem.store(sector, at: slot + 8)
       try mem.store(UInt8(0xff), at: slot + 16)
@@ -66,7 +77,10 @@ public final class BlkDriver: @unchecked Sendable {
     if readLength > 0 {
       chain.append(DriverBuffer(guestAddress: g.gpa(dataOffset), length: UInt32(readLength), deviceWritable: true))
     }
-    chain.append(DriverBuffer(guestAddress: g.gpa(slot + 16), length: 1, deviceWritable: true))
+    if statusByte {
+      chain.append(DriverBuffer(guestAddress: g.gpa(slot + 16), length: 1, deviceWritable: true))
+    }
+    let used: [UsedElement]
     do {
       try queue.ring.add(chain)
       try queue.notifyIfNeeded()
@@ -77,17 +91,45 @@ public final class BlkDriver: @unchecked Sendable {
     } catch {
       throw .invalidArgument("\(error)")
     }
-    _ = try queue.waitUsed(timeoutMilliseconds: timeoutMilliseconds)
+    used = try queue.waitUsed(timeoutMilliseconds: timeoutMilliseconds)
     let status = (try? mem.load(UInt8.self, at: slot + 16)) ?? 0xff
-    guard status == 0 else { throw .invalidArgument(IOError(type: type, status: status).description) }
+    var out: [UInt8] = []
     if readLength > 0 {
       do {
-        return try mem.read(at: dataOffset, count: readLength)
+        out = try mem.read(at: dataOffset, count: readLength)
       } catch {
         throw .invalidArgument(error.description)
       }
     }
-    return []
+    return Completion(status: status, data: out, usedLength: used.first?.length ?? 0)
+  }
+
+  /// Submits one request and waits for it; a non-zero status is an error. Returns read data.
+  func submit(_ type: RequestType, sector: UInt64, write data: [UInt8] = [], readLength: Int = 0)
+    throws(FrontendError) -> [UInt8]
+  {
+    let c = try request(type: type.rawValue, sector: sector, write: data, readLength: readLength)
+    guard c.status == 0 else { throw .refused(request: "virtio-blk \(type)", status: UInt64(c.status)) }
+    return c.data
+  }
+
+  /// DISCARD of `length` bytes at `offset` (both sector aligned).
+  public func discard(offset: UInt64, length: UInt64) throws(FrontendError) {
+    _ = try submit(.discard, sector: 0, write: Self.segment(offset: offset, length: length, flags: 0))
+  }
+
+  /// WRITE_ZEROES of `length` bytes at `offset`; `unmap` lets the device deallocate.
+  public func writeZeroes(offset: UInt64, length: UInt64, unmap: Bool = false) throws(FrontendError) {
+    _ = try submit(.writeZeroes, sector: 0, write: Self.segment(offset: offset, length: length, flags: unmap ? 1 : 0))
+  }
+
+  /// A discard/write-zeroes segment {sector u64, num_sectors u32, flags u32}.
+  public static func segment(offset: UInt64, length: UInt64, flags: UInt32) -> [UInt8] {
+    var w = ByteWriter()
+    w.write(offset / 512)
+    w.write(UInt32(truncatingIfNeeded: length / 512))
+    w.write(flags)
+    return w.bytes
   }
 
   /// Reads `length` bytes (a multiple of 512) at byte `offset` (sector aligned).
