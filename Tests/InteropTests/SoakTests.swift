@@ -61,8 +61,11 @@ struct SoakTests {
   func check(_ name: String, _ device: VhostUserDevice, queues: Int) throws {
     let (fds, rss) = try Self.cycles(device, queues: queues)
     print("soak \(name): open fds \(fds), RSS KiB \(rss)")
-    // After warm-up (sample at cycle 50) nothing grows.
-    #expect(Set(fds.dropFirst()).count == 1, "open fds drift: \(fds)")
+    // After warm-up (sample at cycle 50) nothing grows. Other suites running in parallel open and
+    // close descriptors too, so allow a little noise: a leak of even one per cycle would be ~950.
+    if let warm = fds.dropFirst().first, let last = fds.last {
+      #expect(last - warm <= 16, "open fds grew: \(fds)")
+    }
     if let warm = rss.dropFirst().first, let last = rss.last {
       #expect(last - warm < 8 * 1024, "RSS grew from \(warm) to \(last) KiB")
     }
