@@ -61,6 +61,7 @@ let package = Package(
       swiftSettings: strict),
     .testTarget(name: "FuzzCorpusTests", dependencies: ["VhostFuzzTargets"], swiftSettings: strict),
     .testTarget(name: "VhostProtocolTests", dependencies: ["VhostProtocol"], swiftSettings: strict),
+    .testTarget(name: "BackendTests", dependencies: ["VhostBackend", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue"], swiftSettings: strict),
     .testTarget(
       name: "VhostFrontendTests",
       dependencies: ["VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue"],

@@ -22,8 +22,8 @@ extension BackendSession {
     case .setVringBase: try setVringBase(p)
     case .getVringBase: return try getVringBase(p)
     case .setVringKick: try setVringKick(p, r.fds)
-    case .setVringCall: try setVringFD(p, r.fds) { $0.call = $1 }
-    case .setVringErr: try setVringFD(p, r.fds) { $0.err = $1 }
+    case .setVringCall: try setVringFD(.setVringCall, p, r.fds) { $0.call = $1 }
+    case .setVringErr: try setVringFD(.setVringErr, p, r.fds) { $0.err = $1 }
     case .getProtocolFeatures: return Reply(payload: .u64(offeredProtocolFeatures.rawValue))
     case .setProtocolFeatures: try setProtocolFeatures(p)
     case .getQueueNum:
@@ -117,23 +117,26 @@ extension BackendSession {
   // MARK: Memory
 
   func swapMemory(_ new: GuestMemory) throws {
-    // Rings see the new table atomically: each is rebuilt under its lock from where it stood.
-    memory = new
+    // All or nothing: every running ring is rebuilt over the new table (from where it stands) with
+    // all queue locks held; if one no longer fits, the request is refused and nothing changes.
+    for q in queues { q.lock.lock() }
+    defer { for q in queues { q.lock.unlock() } }
+    var rebuilt: [(QueueHandle, DeviceRing)] = []
     for q in queues {
-      try q.lock.withLock {
-        guard q.started, let ring = q.ring else { return }
-        var c = ring.configuration
-        c.base = ring.base
-        do {
-          q.ring = try makeDeviceRing(c, memory: new)
-          q.ring?.log = q.log
-          attachInflight(q)
-        } catch {
-          q.started = false
-          q.ring = nil
-          throw RequestFailure("ring \(q.index) is outside the new memory table: \(error)")
-        }
+      guard q.started, let ring = q.ring else { continue }
+      var c = ring.configuration
+      c.base = ring.base
+      do {
+        rebuilt.append((q, try makeDeviceRing(c, memory: new)))
+      } catch {
+        throw RequestFailure("ring \(q.index) would lie outside the new memory table: \(error)")
       }
+    }
+    memory = new
+    for (q, ring) in rebuilt {
+      ring.log = q.log
+      q.ring = ring
+      attachInflight(q)
     }
   }
 
@@ -275,6 +278,8 @@ extension BackendSession {
     let q = try queue(UInt32(v & Limits.vringIndexMask), .setVringKick)
     let polled = v & Limits.vringNoFDMask != 0
     try q.lock.withLock {
+      // A new kick fd for a running ring keeps its position (it does not restart from the base).
+      if q.started, let ring = q.ring { q.baseNum = ring.base.num(packed: packed) }
       q.kick = polled ? nil : fds.first.map(EventFD.init)
       q.kickPolled = polled
       // The ring starts now (not on the first kick).
@@ -324,9 +329,11 @@ extension BackendSession {
     split.inflight = tracker
   }
 
-  func setVringFD(_ p: Payload, _ fds: [OwnedFD], _ assign: (QueueHandle, EventFD?) -> Void) throws {
+  func setVringFD(_ code: FrontendRequest, _ p: Payload, _ fds: [OwnedFD], _ assign: (QueueHandle, EventFD?) -> Void)
+    throws
+  {
     let v = p.u64Value ?? 0
-    let q = try queue(UInt32(v & Limits.vringIndexMask), .setVringCall)
+    let q = try queue(UInt32(v & Limits.vringIndexMask), code)
     let fd = v & Limits.vringNoFDMask != 0 ? nil : fds.first.map(EventFD.init)
     q.lock.withLock { assign(q, fd) }
   }
@@ -405,15 +412,16 @@ extension BackendSession {
     let save = t.direction == 0
     let state = save ? device.saveState() : []
     stateTransferDone.withLock { stateTransferFinished = false }
-    let thread = Thread { [self] in
+    // The Thread is not kept: it retains its block, and a block retaining the session would leak it.
+    let thread = Thread { [weak self] in
       let result: UInt64 = save ? Self.writeAll(fd, state) : Self.readAllAndLoad(fd, device)
+      guard let self else { return }
       stateTransferDone.withLock {
         stateTransferResult = result
         stateTransferFinished = true
         stateTransferDone.broadcast()
       }
     }
-    stateTransfer = thread
     thread.start()
     // Bit 8: we do not supply an fd of our own.
     return Reply(payload: .u64(0x100))

@@ -63,7 +63,6 @@ public final class BackendSession: @unchecked Sendable {
   var status: UInt8 = 0
   var backendChannel: MessageChannel?
   let backendChannelLock = NSLock()
-  var stateTransfer: Thread?
   var stateTransferResult: UInt64 = 0
   let stateTransferDone = NSCondition()
   var stateTransferFinished = true

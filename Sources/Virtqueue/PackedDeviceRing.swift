@@ -1,18 +1,197 @@
 import VhostProtocol
 import VhostSystem
 
-/// Placeholder until the packed ring lands (being written now).
+/// Packed-ring descriptor flags (VIRTIO 1.1 §2.8).
+enum PackedFlags {
+  static let next: UInt16 = 1
+  static let write: UInt16 = 2
+  static let indirect: UInt16 = 4
+  static let avail: UInt16 = 1 << 7
+  static let used: UInt16 = 1 << 15
+}
+
+/// The device side of a packed virtqueue: one descriptor ring written by both sides (the AVAIL/USED
+/// flag bits against two wrap counters say who owns a slot), plus the driver's and the device's event
+/// suppression areas. SET_VRING_ADDR's `avail` is the driver area and `used` the device area.
 public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
   public let configuration: RingConfiguration
+  let memory: GuestMemory
+  let desc: SharedMemory
+  let descOffset: UInt64
+  let descGPA: UInt64
+  let driverArea: SharedMemory
+  let driverOffset: UInt64
+  let deviceArea: SharedMemory
+  let deviceOffset: UInt64
+  let size: UInt16
+  private var nextAvail: UInt16
+  private var availWrap: Bool
+  private var nextUsed: UInt16
+  private var usedWrap: Bool
+  private var signalledUsed: UInt16 = 0
+  private var signalledValid = false
   public var log: DirtyLog?
+
   public init(_ c: RingConfiguration, memory: GuestMemory) throws(ChainError) {
+    guard c.size > 0, Int(c.size) <= Limits.maxQueueSize else { throw .ringNotReady("invalid size \(c.size)") }
     configuration = c
-    throw .ringNotReady("packed rings are not supported yet")
+    self.memory = memory
+    size = c.size
+    do {
+      (desc, descOffset, descGPA) = try memory.userRange(c.descUserAddr, length: 16 * Int(c.size))
+      (driverArea, driverOffset, _) = try memory.userRange(c.availUserAddr, length: 4)
+      (deviceArea, deviceOffset, _) = try memory.userRange(c.usedUserAddr, length: 4)
+    } catch {
+      throw .ringNotReady(error.description)
+    }
+    guard descOffset % 16 == 0, driverOffset % 4 == 0, deviceOffset % 4 == 0 else {
+      throw .ringNotReady("misaligned packed ring")
+    }
+    nextAvail = c.base.availIndex % c.size
+    availWrap = c.base.availWrap
+    nextUsed = c.base.usedIndex % c.size
+    usedWrap = c.base.usedWrap
   }
-  public func pop() throws(ChainError) -> DescriptorChain? { nil }
-  public func push(_ chain: DescriptorChain, length: UInt32) throws(ChainError) {}
-  public func needsNotification() -> Bool { false }
-  public func setKicksWanted(_ wanted: Bool) {}
-  public var base: VringBase { configuration.base }
-  public var hasAvailable: Bool { false }
+
+  public var base: VringBase {
+    VringBase(packedAvail: nextAvail, availWrap: availWrap, used: nextUsed, usedWrap: usedWrap)
+  }
+
+  func slot(_ i: UInt16) -> UInt64 { descOffset + UInt64(i) * 16 }
+
+  /// Whether the descriptor at `i` was made available for the current wrap.
+  func isAvailable(_ flags: UInt16) -> Bool {
+    (flags & PackedFlags.avail != 0) == availWrap && (flags & PackedFlags.used != 0) != availWrap
+  }
+
+  public var hasAvailable: Bool {
+    guard let flags = try? desc.loadAcquire16(at: slot(nextAvail) + 14) else { return false }
+    return isAvailable(flags)
+  }
+
+  public func pop() throws(ChainError) -> DescriptorChain? {
+    guard let headFlags = try? desc.loadAcquire16(at: slot(nextAvail) + 14) else { throw .ringNotReady("descriptors") }
+    guard isAvailable(headFlags) else { return nil }
+    var builder = ChainBuilder(memory: memory, head: nextAvail)
+    var i = nextAvail
+    var count = 0
+    var id: UInt16 = 0
+    do throws(ChainError) {
+      while true {
+        count += 1
+        guard count <= Int(size) else { throw ChainError.tooLong(head: builder.head, limit: Int(size)) }
+        let at = slot(i)
+        guard let addr = try? desc.load(UInt64.self, at: at), let len = try? desc.load(UInt32.self, at: at + 8),
+          let descID = try? desc.load(UInt16.self, at: at + 12), let flags = try? desc.load(UInt16.self, at: at + 14)
+        else { throw ChainError.ringNotReady("descriptors") }
+        id = descID
+        i = i &+ 1 == size ? 0 : i &+ 1
+        if flags & PackedFlags.indirect != 0 {
+          guard flags & PackedFlags.next == 0, builder.readable.isEmpty && builder.writable.isEmpty else {
+            throw ChainError.badIndirectTable(head: builder.head, length: len)
+          }
+          try walkIndirect(&builder, address: addr, length: len)
+          break
+        }
+        try builder.add(address: addr, length: len, writable: flags & PackedFlags.write != 0)
+        if flags & PackedFlags.next == 0 { break }
+      }
+    } catch {
+      // Give the buffer back (as far as we walked) so the driver is not left waiting, then report.
+      advanceAvail(by: count)
+      try? publishUsed(id: id, length: 0, descriptors: count)
+      throw error
+    }
+    advanceAvail(by: count)
+    return DescriptorChain(head: id, readable: builder.readable, writable: builder.writable, ringDescriptors: count)
+  }
+
+  /// A packed indirect table: `length / 16` consecutive descriptors, no next fields, no nesting.
+  func walkIndirect(_ builder: inout ChainBuilder, address: UInt64, length: UInt32) throws(ChainError) {
+    guard length > 0, length % 16 == 0 else { throw .badIndirectTable(head: builder.head, length: length) }
+    let entries = Int(length / 16)
+    guard entries <= Limits.maxQueueSize else { throw .tooLong(head: builder.head, limit: Limits.maxQueueSize) }
+    let table: SharedMemory
+    let base: UInt64
+    do {
+      (table, base) = try memory.guestRange(address, length: Int(length))
+    } catch {
+      throw .unmapped("indirect table of chain \(builder.head): \(error)")
+    }
+    for e in 0..<entries {
+      let at = base + UInt64(e) * 16
+      guard let addr = try? table.load(UInt64.self, at: at), let len = try? table.load(UInt32.self, at: at + 8),
+        let flags = try? table.load(UInt16.self, at: at + 14)
+      else { throw .unmapped("indirect table of chain \(builder.head)") }
+      guard flags & PackedFlags.indirect == 0 else { throw .nestedIndirect(head: builder.head) }
+      try builder.add(address: addr, length: len, writable: flags & PackedFlags.write != 0)
+    }
+  }
+
+  func advanceAvail(by n: Int) {
+    let next = Int(nextAvail) + n
+    if next >= Int(size) {
+      nextAvail = UInt16(next - Int(size))
+      availWrap.toggle()
+    } else {
+      nextAvail = UInt16(next)
+    }
+  }
+
+  public func push(_ chain: DescriptorChain, length: UInt32) throws(ChainError) {
+    try publishUsed(id: chain.head, length: length, descriptors: chain.ringDescriptors)
+  }
+
+  /// Writes a used descriptor at the used index (flags last, with release ordering) and moves the
+  /// index on by the number of ring slots the chain took.
+  func publishUsed(id: UInt16, length: UInt32, descriptors: Int) throws(ChainError) {
+    let at = slot(nextUsed)
+    var flags: UInt16 = usedWrap ? (PackedFlags.avail | PackedFlags.used) : 0
+    if length > 0 { flags |= PackedFlags.write }
+    do {
+      try desc.store(id, at: at + 12)
+      try desc.store(length, at: at + 8)
+      try desc.storeRelease16(flags, at: at + 14)
+    } catch {
+      throw .ringNotReady("descriptors: \(error)")
+    }
+    if let log, configuration.logUsed {
+      log.mark(guestAddress: descGPA + UInt64(nextUsed) * 16, length: 16)
+    }
+    let next = Int(nextUsed) + max(descriptors, 1)
+    if next >= Int(size) {
+      nextUsed = UInt16(next - Int(size))
+      usedWrap.toggle()
+    } else {
+      nextUsed = UInt16(next)
+    }
+  }
+
+  public func needsNotification() -> Bool {
+    SharedMemory.fullFence()
+    let old = signalledUsed
+    let new = nextUsed
+    let valid = signalledValid
+    signalledUsed = new
+    signalledValid = true
+    guard let flags = try? driverArea.load(UInt16.self, at: driverOffset + 2) else { return true }
+    switch flags & 3 {
+    case 0: return true  // RING_EVENT_FLAGS_ENABLE
+    case 1: return false  // RING_EVENT_FLAGS_DISABLE
+    default:
+      // RING_EVENT_FLAGS_DESC (EVENT_IDX): notify when the used index passes off_wrap.
+      guard configuration.eventIndex, valid else { return true }
+      guard let offWrap = try? driverArea.load(UInt16.self, at: driverOffset) else { return true }
+      var off = offWrap & 0x7fff
+      var o = old
+      if new <= o { o = o &- size }
+      if (offWrap >> 15 != 0) != usedWrap { off = off &- size }
+      return (new &- off &- 1) < (new &- o)
+    }
+  }
+
+  public func setKicksWanted(_ wanted: Bool) {
+    try? deviceArea.store(UInt16(wanted ? 0 : 1), at: deviceOffset + 2)
+    SharedMemory.fullFence()
+  }
 }

@@ -53,8 +53,10 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
     }
     lastAvail &+= 1
     if configuration.eventIndex {
-      // avail_event: kick me when the driver passes this index.
+      // avail_event: kick me when the driver passes this index. The fence orders this store before
+      // the next read of the avail index (otherwise a kick could be lost).
       try? used.store(lastAvail, at: usedOffset + 4 + UInt64(size) * 8)
+      SharedMemory.fullFence()
     }
     do {
       let chain = try walk(head)

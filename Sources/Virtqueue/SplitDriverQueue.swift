@@ -155,7 +155,10 @@ public final class SplitDriverQueue: @unchecked Sendable {
         result.append(UsedElement(head: UInt16(id), length: len))
         lastUsed &+= 1
       }
-      if eventIndex { try mem.store(lastUsed, at: availOffset + 4 + UInt64(size) * 2) }
+      if eventIndex {
+        try mem.store(lastUsed, at: availOffset + 4 + UInt64(size) * 2)
+        SharedMemory.fullFence()
+      }
     } catch let error as QueueError {
       throw error
     } catch let error as MemoryAccessError {
