@@ -40,8 +40,15 @@ public struct VringBase: Hashable, Sendable {
     self.usedWrap = usedWrap
   }
 
+  /// Decodes SET_VRING_BASE's `num`. For packed rings, a front-end that sends only the avail half
+  /// (DPDK's virtio_user sends `1 << 15` for a fresh ring) means "used = avail", as DPDK's
+  /// back-end reads it.
   public init(num: UInt32, packed: Bool) {
-    if packed {
+    if packed && num >> 16 == 0 {
+      self.init(
+        packedAvail: UInt16(num & 0x7fff), availWrap: num & 0x8000 != 0, used: UInt16(num & 0x7fff),
+        usedWrap: num & 0x8000 != 0)
+    } else if packed {
       self.init(
         packedAvail: UInt16(num & 0x7fff), availWrap: num & 0x8000 != 0, used: UInt16((num >> 16) & 0x7fff),
         usedWrap: num & 0x8000_0000 != 0)
