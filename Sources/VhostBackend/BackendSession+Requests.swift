@@ -314,6 +314,32 @@ extension BackendSession {
   /// Connects a started split ring to its inflight area; on the first start after a restart the
   /// requests recorded as in flight are queued for resubmission.
   func attachInflight(_ q: QueueHandle) {
+    if let packedRing = q.ring as? PackedDeviceRing, let region = inflight,
+      let tracker = q.packedTracker ?? region.packedQueue(q.index)
+    {
+      q.packedTracker = tracker
+      if tracker.isInitialized {
+        if !q.inflightAttached {
+          let pending = tracker.recover()
+          var slots = 0
+          for p in pending {
+            if let chain = try? packedRing.rebuild(p.descriptors, head: p.head) {
+              q.resubmitChains.append(chain)
+              tracker.adopt(head: p.head, id: chain.head)
+            }
+            slots += p.descriptors.count
+          }
+          let used = tracker.recordedUsed
+          packedRing.resume(usedIndex: used.index, usedWrap: used.wrap, afterResubmitting: slots)
+        }
+      } else {
+        let used = packedRing.usedPosition
+        tracker.initialize(features: ackedFeatures.rawValue, descNum: q.size, usedIndex: used.index, usedWrap: used.wrap)
+      }
+      q.inflightAttached = true
+      packedRing.inflight = tracker
+      return
+    }
     guard let split = q.ring as? SplitDeviceRing, let region = inflight, let tracker = region.queue(q.index) else {
       return
     }

@@ -24,6 +24,10 @@ public final class QueueHandle: @unchecked Sendable {
   weak var session: BackendSession?
   /// Heads recorded as in flight by a previous back-end, to be processed again first.
   var resubmit: [UInt16] = []
+  /// Chains (packed rings) recorded as in flight by a previous back-end.
+  var resubmitChains: [DescriptorChain] = []
+  /// The packed inflight tracker (kept across ring rebuilds: it remembers which ids are in flight).
+  var packedTracker: InflightPackedQueue?
   var inflightAttached = false
   // Asynchronous completions: filled from any thread under `completionLock`, pushed to the used
   // ring by the worker (under `lock`). `generation` changes whenever the ring is reset or stopped,
@@ -76,6 +80,7 @@ public final class QueueHandle: @unchecked Sendable {
       resubmit.removeFirst()
       if let chain = try? split.resubmit(head: head) { return chain }
     }
+    if !resubmitChains.isEmpty { return resubmitChains.removeFirst() }
     // A bounded batch per service call (malformed chains count too): a guest that keeps the ring
     // full, or lays its used ring over its avail ring, cannot pin the worker; it comes back later.
     while true {
@@ -216,6 +221,8 @@ public final class QueueHandle: @unchecked Sendable {
     ring = nil
     log = nil
     resubmit = []
+    resubmitChains = []
+    packedTracker = nil
     inflightAttached = false
     generation &+= 1
     outstanding = 0

@@ -13,9 +13,11 @@ public final class InflightRegion: @unchecked Sendable {
   public static let headerSize = 16
   public static let descStateSize = 16
 
-  /// Bytes one queue's area takes (libvhost-user's formula, 64-byte aligned).
+  /// Bytes one queue's area takes: room for the packed layout (32-byte header, 32 bytes per
+  /// descriptor), which also holds the split one — the ring layout is not known yet when QEMU asks
+  /// for the area. 64-byte aligned.
   public static func queueRegionSize(queueSize: Int) -> Int {
-    let raw = descStateSize * queueSize + headerSize
+    let raw = InflightPackedQueue.headerSize + InflightPackedQueue.descStateSize * queueSize
     return (raw + 63) / 64 * 64
   }
 
@@ -39,6 +41,12 @@ public final class InflightRegion: @unchecked Sendable {
   }
 
   func base(_ queue: Int) -> UInt64 { UInt64(queue * Self.queueRegionSize(queueSize: queueSize)) }
+
+  /// The packed-layout tracker for one queue.
+  public func packedQueue(_ index: Int) -> InflightPackedQueue? {
+    guard index >= 0, index < queueCount else { return nil }
+    return InflightPackedQueue(memory: memory, base: base(index), size: queueSize)
+  }
 
   /// The tracker for one queue.
   public func queue(_ index: Int) -> InflightQueue? {
@@ -117,5 +125,121 @@ public final class InflightQueue: @unchecked Sendable {
     guard Int(head) < size else { return }
     try? memory.store(UInt8(0), at: desc(head))
     try? memory.store(usedIndex, at: base + 14)
+  }
+}
+
+/// Inflight tracking of one packed queue, in the spec's QueueRegionPacked layout: a 32-byte header
+/// {features u64, version u16, desc_num u16, free_head u16, old_free_head u16, used_idx u16,
+/// old_used_idx u16, used_wrap_counter u8, old_used_wrap_counter u8, padding} and per ring slot a
+/// DescStatePacked {inflight u8, pad u8, next u16, last u16, num u16, counter u64, id u16, flags u16,
+/// len u32, addr u64}. A chain's descriptors are saved at the slots it occupied (the driver may
+/// reuse those slots for used entries before it completes), linked by `next`; the head slot carries
+/// `inflight`, `num` and the fetch counter.
+public final class InflightPackedQueue: @unchecked Sendable {
+  public static let headerSize = 32
+  public static let descStateSize = 32
+  let memory: SharedMemory
+  let base: UInt64
+  let size: Int
+  private var counter: UInt64 = 0
+  /// Buffer id → head slot of chains in flight.
+  private var headOf: [UInt16: UInt16] = [:]
+
+  init(memory: SharedMemory, base: UInt64, size: Int) {
+    self.memory = memory
+    self.base = base
+    self.size = size
+  }
+
+  func entry(_ slot: UInt16) -> UInt64 { base + UInt64(Self.headerSize) + UInt64(slot) * UInt64(Self.descStateSize) }
+
+  public var isInitialized: Bool { ((try? memory.load(UInt16.self, at: base + 8)) ?? 0) == 1 }
+
+  public func initialize(features: UInt64, descNum: UInt16, usedIndex: UInt16, usedWrap: Bool) {
+    try? memory.fill(0, at: base + UInt64(Self.headerSize), count: size * Self.descStateSize)
+    try? memory.store(features, at: base)
+    try? memory.store(descNum, at: base + 10)
+    try? memory.store(usedIndex, at: base + 16)
+    try? memory.store(UInt8(usedWrap ? 1 : 0), at: base + 20)
+    SharedMemory.fullFence()
+    try? memory.store(UInt16(1), at: base + 8)
+  }
+
+  /// A raw descriptor as the driver wrote it.
+  public struct SavedDescriptor: Sendable {
+    public var address: UInt64
+    public var length: UInt32
+    public var id: UInt16
+    public var flags: UInt16
+  }
+
+  /// A chain was fetched from ring slot `head` with these descriptors.
+  func fetched(head: UInt16, id: UInt16, descriptors: [SavedDescriptor]) {
+    guard Int(head) < size, !descriptors.isEmpty else { return }
+    counter += 1
+    var slot = head
+    for (i, d) in descriptors.enumerated() {
+      let at = entry(slot)
+      let next = UInt16((Int(slot) + 1) % size)
+      try? memory.store(d.address, at: at + 24)
+      try? memory.store(d.length, at: at + 20)
+      try? memory.store(d.id, at: at + 16)
+      try? memory.store(d.flags, at: at + 18)
+      try? memory.store(next, at: at + 2)
+      if i == descriptors.count - 1 { try? memory.store(slot, at: entry(head) + 4) }  // last
+      slot = next
+    }
+    try? memory.store(UInt16(descriptors.count), at: entry(head) + 6)
+    try? memory.store(counter, at: entry(head) + 8)
+    SharedMemory.fullFence()
+    try? memory.store(UInt8(1), at: entry(head))
+    headOf[id] = head
+  }
+
+  /// Where the previous back-end's used index stood (the front-end cannot know it for packed
+  /// rings after a crash, so the restart takes it from here, as DPDK does).
+  public var recordedUsed: (index: UInt16, wrap: Bool) {
+    let i = (try? memory.load(UInt16.self, at: base + 16)) ?? 0
+    let w = ((try? memory.load(UInt8.self, at: base + 20)) ?? 1) != 0
+    return (i % UInt16(max(size, 1)), w)
+  }
+
+  /// A recovered chain is in flight again (its completion clears it).
+  public func adopt(head: UInt16, id: UInt16) { headOf[id] = head }
+
+  /// The chain with buffer `id` was completed; `usedIndex`/`usedWrap` are the device's position now.
+  func completed(id: UInt16, usedIndex: UInt16, usedWrap: Bool) {
+    guard let head = headOf.removeValue(forKey: id) else { return }
+    try? memory.store(UInt8(0), at: entry(head))
+    try? memory.store(usedIndex, at: base + 16)
+    try? memory.store(UInt8(usedWrap ? 1 : 0), at: base + 20)
+  }
+
+  /// Chains in flight when the previous back-end stopped, oldest first: their descriptors and the
+  /// number of ring slots each took.
+  public func recover() -> [(head: UInt16, descriptors: [SavedDescriptor])] {
+    var pending: [(UInt64, UInt16, [SavedDescriptor])] = []
+    for h in 0..<size {
+      let at = entry(UInt16(h))
+      guard (try? memory.load(UInt8.self, at: at)) == 1 else { continue }
+      let num = Int((try? memory.load(UInt16.self, at: at + 6)) ?? 0)
+      guard num > 0, num <= size else { continue }
+      var slot = UInt16(h)
+      var descriptors: [SavedDescriptor] = []
+      for _ in 0..<num {
+        let e = entry(slot)
+        descriptors.append(
+          SavedDescriptor(
+            address: (try? memory.load(UInt64.self, at: e + 24)) ?? 0,
+            length: (try? memory.load(UInt32.self, at: e + 20)) ?? 0,
+            id: (try? memory.load(UInt16.self, at: e + 16)) ?? 0,
+            flags: (try? memory.load(UInt16.self, at: e + 18)) ?? 0))
+        slot = (try? memory.load(UInt16.self, at: e + 2)).map { $0 % UInt16(size) } ?? 0
+      }
+      let c = (try? memory.load(UInt64.self, at: at + 8)) ?? 0
+      counter = max(counter, c)
+      pending.append((c, UInt16(h), descriptors))
+    }
+    return pending.sorted { $0.0 < $1.0 }.map { ($0.1, $0.2) }
   }
 }

@@ -31,6 +31,8 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
   private var signalledUsed: UInt16 = 0
   private var signalledValid = false
   public var log: DirtyLog?
+  /// Inflight tracking (INFLIGHT_SHMFD), when the front-end set up an area.
+  public var inflight: InflightPackedQueue?
 
   public init(_ c: RingConfiguration, memory: GuestMemory) throws(ChainError) {
     guard c.size > 0, Int(c.size) <= Limits.maxQueueSize else { throw .ringNotReady("invalid size \(c.size)") }
@@ -73,9 +75,11 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
     guard let headFlags = try? desc.loadAcquire16(at: slot(nextAvail) + 14) else { throw .ringNotReady("descriptors") }
     guard isAvailable(headFlags) else { return nil }
     var builder = ChainBuilder(memory: memory, head: nextAvail)
+    let headSlot = nextAvail
     var i = nextAvail
     var count = 0
     var id: UInt16 = 0
+    var saved: [InflightPackedQueue.SavedDescriptor] = []
     do throws(ChainError) {
       while true {
         count += 1
@@ -85,6 +89,9 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
           let descID = try? desc.load(UInt16.self, at: at + 12), let flags = try? desc.load(UInt16.self, at: at + 14)
         else { throw ChainError.ringNotReady("descriptors") }
         id = descID
+        if inflight != nil {
+          saved.append(.init(address: addr, length: len, id: descID, flags: flags))
+        }
         i = i &+ 1 == size ? 0 : i &+ 1
         if flags & PackedFlags.indirect != 0 {
           guard flags & PackedFlags.next == 0, builder.readable.isEmpty && builder.writable.isEmpty else {
@@ -103,8 +110,38 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
       throw error
     }
     advanceAvail(by: count)
+    inflight?.fetched(head: headSlot, id: id, descriptors: saved)
     return DescriptorChain(head: id, readable: builder.readable, writable: builder.writable, ringDescriptors: count)
   }
+
+  /// Rebuilds a chain recorded as in flight by a previous back-end (resubmission after a restart).
+  public func rebuild(_ saved: [InflightPackedQueue.SavedDescriptor], head: UInt16) throws(ChainError)
+    -> DescriptorChain
+  {
+    var builder = ChainBuilder(memory: memory, head: head)
+    for d in saved {
+      if d.flags & PackedFlags.indirect != 0 {
+        try walkIndirect(&builder, address: d.address, length: d.length)
+      } else {
+        try builder.add(address: d.address, length: d.length, writable: d.flags & PackedFlags.write != 0)
+      }
+    }
+    return DescriptorChain(
+      head: saved.last?.id ?? 0, readable: builder.readable, writable: builder.writable, ringDescriptors: saved.count)
+  }
+
+  /// After a restart with inflight tracking: the recovered chains occupy the slots from the used
+  /// position on, so fetching continues after them.
+  public func resume(usedIndex: UInt16, usedWrap: Bool, afterResubmitting slots: Int) {
+    nextUsed = usedIndex % size
+    self.usedWrap = usedWrap
+    nextAvail = nextUsed
+    availWrap = usedWrap
+    advanceAvail(by: slots)
+  }
+
+  /// The device's used position (for the inflight header).
+  public var usedPosition: (index: UInt16, wrap: Bool) { (nextUsed, usedWrap) }
 
   /// A packed indirect table: `length / 16` consecutive descriptors, no next fields, no nesting.
   func walkIndirect(_ builder: inout ChainBuilder, address: UInt64, length: UInt32) throws(ChainError) {
@@ -165,6 +202,7 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
     } else {
       nextUsed = UInt16(next)
     }
+    inflight?.completed(id: id, usedIndex: nextUsed, usedWrap: usedWrap)
   }
 
   public func needsNotification() -> Bool {

@@ -160,8 +160,9 @@ struct GuestBlkTests {
     #expect(check.waitStatus == 0, "e2fsck reported problems:\n\(check.output)")
   }
 
-  @Test("reconnect: kill -9 the back-end while the guest writes; nothing is lost")
-  func reconnect() throws {
+  @Test("reconnect: kill -9 the back-end while the guest writes; nothing is lost (split and packed rings)",
+    arguments: [false, true])
+  func reconnect(packed: Bool) throws {
     guard let s = try Self.setup(imageMiB: 128) else { return }
     var backend = try Self.startBackend(s)
     defer { backend.stop() }
@@ -181,7 +182,10 @@ struct GuestBlkTests {
         """, makeInitramfs: makeInitramfsScript, in: s.dir.path)
     let vm = try GuestVM(
       kernel: s.kernel, initramfs: initramfs,
-      deviceArgs: ["-chardev", "socket,id=c0,path=\(s.socket),reconnect=1", "-device", "vhost-user-blk-pci,chardev=c0"],
+      deviceArgs: [
+        "-chardev", "socket,id=c0,path=\(s.socket),reconnect=1",
+        "-device", "vhost-user-blk-pci,chardev=c0\(packed ? ",packed=on" : "")",
+      ],
       log: s.dir.file("guest.log"))
     #expect(vm.process.waitForOutput("LOOP-START", milliseconds: 120_000), "\(vm.output.suffix(2000))")
     // Let some writes happen, then kill the back-end hard and start a new one on the same socket.
