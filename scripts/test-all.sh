@@ -8,6 +8,9 @@ export VHOST_E2E_REQUIRED=1
 swift build --build-tests
 swift test --skip-build --no-parallel
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+# The blk benchmark against qemu-storage-daemon, same image, same settings, one run (figures only:
+# performance is judged from BENCHMARKS.md runs, not asserted here).
+bash scripts/bench-blk.sh "${BENCH_SECONDS:-2}" 1
 if [ "${SKIP_ASAN:-0}" != 1 ]; then
   # XCTest's own allocations trip LeakSanitizer; leaks are checked by the fd/RSS soak tests instead.
   ASAN_OPTIONS=detect_leaks=0 swift test --sanitize=address --scratch-path .build-asan --no-parallel
