@@ -43,32 +43,41 @@ let package = Package(
       ],
       swiftSettings: strict),
     .target(
-      name: "VhostDevices", dependencies: ["VhostBackend", "VhostProtocol", "VhostSystem", "Virtqueue"], swiftSettings: strict),
+      name: "VhostDevices", dependencies: ["VhostBackend", "VhostProtocol", "VhostSystem", "Virtqueue"],
+      swiftSettings: strict),
     .target(
       name: "VhostFuzzTargets",
       dependencies: [
         "VhostBackend", "VhostDevices", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue",
       ],
       swiftSettings: strict),
-    .executableTarget(name: "vhost-fuzz", dependencies: ["VhostFuzzTargets"], path: "Sources/VhostFuzz", swiftSettings: strict),
+    .executableTarget(
+      name: "vhost-fuzz", dependencies: ["VhostFuzzTargets"], path: "Sources/VhostFuzz", swiftSettings: strict),
     .executableTarget(
       name: "VhostUserCLI",
       dependencies: [
-        "VhostBackend", "VhostDevices", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "VhostTooling",
+        "VhostBackend", "VhostDevices", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport",
+        "VhostTooling",
         "Virtqueue", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strict),
     .testTarget(name: "FuzzCorpusTests", dependencies: ["VhostFuzzTargets"], swiftSettings: strict),
     .testTarget(name: "VhostProtocolTests", dependencies: ["VhostProtocol"], swiftSettings: strict),
-    .testTarget(name: "BackendTests", dependencies: ["VhostBackend", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue"], swiftSettings: strict),
+    .testTarget(
+      name: "BackendTests",
+      dependencies: ["VhostBackend", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue"],
+      swiftSettings: strict),
     .testTarget(
       name: "VhostFrontendTests",
       dependencies: ["VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue"],
       swiftSettings: strict),
     .testTarget(
       name: "InteropTests",
-      dependencies: ["VhostBackend", "VhostDevices", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTooling", "VhostTransport", "Virtqueue"],
+      dependencies: [
+        "VhostBackend", "VhostDevices", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTooling",
+        "VhostTransport", "Virtqueue",
+      ],
       swiftSettings: strict),
   ]
 )

@@ -89,7 +89,8 @@ extension BackendSession {
     guard unknown.isEmpty else {
       throw RequestFailure("SET_FEATURES acks features never offered: 0x\(String(unknown.rawValue, radix: 16))")
     }
-    if featuresSet && f.contains(.ringPacked) != ackedFeatures.contains(.ringPacked) && queues.contains(where: \.started)
+    if featuresSet && f.contains(.ringPacked) != ackedFeatures.contains(.ringPacked)
+      && queues.contains(where: \.started)
     {
       throw RequestFailure("SET_FEATURES cannot change the ring layout while rings run")
     }
@@ -184,7 +185,8 @@ extension BackendSession {
       throw RequestFailure("SET_LOG_BASE: invalid size \(d.mmapSize) / offset \(d.mmapOffset)")
     }
     if let fileSize = try? fd.fileSize(), fileSize >= 0, UInt64(fileSize) < d.mmapOffset + d.mmapSize {
-      throw RequestFailure("SET_LOG_BASE: log of \(d.mmapSize) bytes at \(d.mmapOffset) exceeds the \(fileSize)-byte file")
+      throw RequestFailure(
+        "SET_LOG_BASE: log of \(d.mmapSize) bytes at \(d.mmapOffset) exceeds the \(fileSize)-byte file")
     }
     do {
       let log = DirtyLog(memory: try SharedMemory(mapping: fd, size: Int(d.mmapSize), offset: d.mmapOffset))
@@ -334,7 +336,8 @@ extension BackendSession {
         }
       } else {
         let used = packedRing.usedPosition
-        tracker.initialize(features: ackedFeatures.rawValue, descNum: q.size, usedIndex: used.index, usedWrap: used.wrap)
+        tracker.initialize(
+          features: ackedFeatures.rawValue, descNum: q.size, usedIndex: used.index, usedWrap: used.wrap)
       }
       q.inflightAttached = true
       packedRing.inflight = tracker

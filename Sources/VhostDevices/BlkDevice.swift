@@ -36,9 +36,10 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
   public let ioThreads: Int
   let pool: WorkerPool?
 
-  public init(path: String, readOnly: Bool = false, numQueues: Int = 1, queueSize: Int = 256, serial: String = "",
-    direct: Bool = false, ioThreads: Int = 0) throws
-  {
+  public init(
+    path: String, readOnly: Bool = false, numQueues: Int = 1, queueSize: Int = 256, serial: String = "",
+    direct: Bool = false, ioThreads: Int = 0
+  ) throws {
     file = try BlockFile(path: path, readOnly: readOnly, direct: direct)
     self.ioThreads = ioThreads
     pool = ioThreads > 0 ? WorkerPool(threads: ioThreads, name: "vhost-user-blk-io") : nil
@@ -201,7 +202,8 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
       if type == .discard && flags != 0 { return (.unsupp, 0) }
       do {
         // DISCARD punches; WRITE_ZEROES zeroes, or punches with the UNMAP flag (reads return zeros).
-        try file.zero(fileOffset: offset, count: UInt64(count) * Self.sectorSize, punch: type == .discard || flags & 1 != 0)
+        try file.zero(
+          fileOffset: offset, count: UInt64(count) * Self.sectorSize, punch: type == .discard || flags & 1 != 0)
       } catch {
         return (.ioerr, 0)
       }

@@ -28,9 +28,10 @@ public final class NetDevice: VhostUserDevice, @unchecked Sendable {
     public var errors = 0
   }
 
-  public init(forwarding: Forwarding = .rxonly, pairs: Int = 1, mac: [UInt8] = [0x52, 0x54, 0, 0x12, 0x34, 0x56],
-    mtu: UInt16 = 1500, txFrameSize: Int = 64)
-  {
+  public init(
+    forwarding: Forwarding = .rxonly, pairs: Int = 1, mac: [UInt8] = [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+    mtu: UInt16 = 1500, txFrameSize: Int = 64
+  ) {
     self.forwarding = forwarding
     self.pairs = pairs
     self.mac = mac
@@ -40,8 +41,10 @@ public final class NetDevice: VhostUserDevice, @unchecked Sendable {
   }
 
   public var features: VirtioFeatures {
-    var f: VirtioFeatures = [.version1, VirtioFeatures(bit: 5) /* MAC */, VirtioFeatures(bit: 15) /* MRG_RXBUF */,
-      VirtioFeatures(bit: 16) /* STATUS */, VirtioFeatures(bit: 3) /* MTU */]
+    var f: VirtioFeatures = [
+      .version1, VirtioFeatures(bit: 5) /* MAC */, VirtioFeatures(bit: 15) /* MRG_RXBUF */,
+      VirtioFeatures(bit: 16) /* STATUS */, VirtioFeatures(bit: 3) /* MTU */,
+    ]
     if pairs > 1 { f.insert(VirtioFeatures(bit: 22)) }  // MQ
     return f
   }

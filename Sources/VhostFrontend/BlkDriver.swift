@@ -53,9 +53,10 @@ public final class BlkDriver: @unchecked Sendable {
 
   /// Submits one request exactly as given (type, sector, readable data, writable length, and
   /// whether a status byte is provided) and waits for it. Tests use it to send malformed requests.
-  public func request(type: UInt32, sector: UInt64, write data: [UInt8] = [], readLength: Int = 0,
-    statusByte: Bool = true) throws(FrontendError) -> Completion
-  {
+  public func request(
+    type: UInt32, sector: UInt64, write data: [UInt8] = [], readLength: Int = 0,
+    statusByte: Bool = true
+  ) throws(FrontendError) -> Completion {
     guard data.count <= maxTransfer, readLength <= maxTransfer else {
       throw .invalidArgument("transfer larger than \(maxTransfer) bytes")
     }

@@ -54,7 +54,8 @@ public final class BlkLoadGenerator: @unchecked Sendable {
     for q in device.queues {
       var s: [Slot] = []
       for _ in 0..<depth {
-        s.append(Slot(header: try device.allocate(32, alignment: 32), data: try device.allocate(blockSize, alignment: 4096)))
+        s.append(
+          Slot(header: try device.allocate(32, alignment: 32), data: try device.allocate(blockSize, alignment: 4096)))
       }
       slots.append(s)
       inflightByHead.append(Array(repeating: -1, count: Int(q.ring.size)))

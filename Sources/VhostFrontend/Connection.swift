@@ -74,9 +74,10 @@ public final class VhostUserConnection: @unchecked Sendable {
   }
 
   /// Connects to the back-end listening at `path`, retrying while the socket is not yet there.
-  public static func connect(path: String, configuration: FrontendConfiguration = FrontendConfiguration(),
-    retryMilliseconds: Int = 0) throws(FrontendError) -> VhostUserConnection
-  {
+  public static func connect(
+    path: String, configuration: FrontendConfiguration = FrontendConfiguration(),
+    retryMilliseconds: Int = 0
+  ) throws(FrontendError) -> VhostUserConnection {
     do {
       let socket = try UnixSocket.connect(to: path, retryingFor: retryMilliseconds)
       return VhostUserConnection(socket: socket, configuration: configuration)
@@ -115,9 +116,10 @@ public final class VhostUserConnection: @unchecked Sendable {
   /// Sends `request`, then reads what it answers: its explicit reply, or the REPLY_ACK u64 when
   /// `NEED_REPLY` was set. Checks the request's gate first; nothing is sent when it is closed.
   @discardableResult
-  func perform(_ request: FrontendRequest, payload: Payload = .empty, fds: [OwnedFD] = [],
-    expectReply: Bool? = nil) throws(FrontendError) -> Received<FrontendRequest>?
-  {
+  func perform(
+    _ request: FrontendRequest, payload: Payload = .empty, fds: [OwnedFD] = [],
+    expectReply: Bool? = nil
+  ) throws(FrontendError) -> Received<FrontendRequest>? {
     let current = state
     try check(gate: RequestGate.gate(for: request), request: request, state: current)
     let hasExplicitReply = expectReply ?? (request.replyLayout != nil)

@@ -60,9 +60,10 @@ public final class DeviceDriver: @unchecked Sendable {
   public let ackedFeatures: VirtioFeatures
 
   /// Negotiates (if not done yet), acknowledges `features` and starts `queueCount` rings of `queueSize`.
-  public init(frontend: VhostUserFrontend, features wanted: VirtioFeatures, queueCount: Int, queueSize: UInt16,
-    memorySize: Int = 16 << 20, preferMemorySlots: Bool = false) throws(FrontendError)
-  {
+  public init(
+    frontend: VhostUserFrontend, features wanted: VirtioFeatures, queueCount: Int, queueSize: UInt16,
+    memorySize: Int = 16 << 20, preferMemorySlots: Bool = false
+  ) throws(FrontendError) {
     self.frontend = frontend
     if frontend.state.backendFeatures.isEmpty { try frontend.negotiate() }
     try frontend.setOwner()
@@ -74,7 +75,8 @@ public final class DeviceDriver: @unchecked Sendable {
     } catch {
       throw .system(error)
     }
-    try frontend.setMemTable([GuestRegion(memory.memory, guestPhysAddr: memory.guestBase)], preferSlots: preferMemorySlots)
+    try frontend.setMemTable(
+      [GuestRegion(memory.memory, guestPhysAddr: memory.guestBase)], preferSlots: preferMemorySlots)
     let eventIdx = ackedFeatures.contains(.eventIdx)
     for i in 0..<UInt32(queueCount) {
       let q: QueueDriver

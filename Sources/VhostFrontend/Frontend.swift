@@ -250,7 +250,8 @@ public struct VhostUserFrontend: Sendable {
       throw .invalidReply(request: "GET_CONFIG", reason: "no config space")
     }
     guard c.bytes.count == size, c.offset == offset else {
-      throw .invalidReply(request: "GET_CONFIG", reason: "asked \(size) bytes at \(offset), got \(c.bytes.count) at \(c.offset)")
+      throw .invalidReply(
+        request: "GET_CONFIG", reason: "asked \(size) bytes at \(offset), got \(c.bytes.count) at \(c.offset)")
     }
     return c.bytes
   }
@@ -322,7 +323,8 @@ public struct VhostUserFrontend: Sendable {
     -> (result: UInt64, backendFD: OwnedFD?)
   {
     guard
-      let reply = try send(.setDeviceStateFD, .deviceStateTransfer(DeviceStateTransfer(direction: direction)), fds: [fd])
+      let reply = try send(
+        .setDeviceStateFD, .deviceStateTransfer(DeviceStateTransfer(direction: direction)), fds: [fd])
     else { throw .invalidReply(request: "SET_DEVICE_STATE_FD", reason: "no reply") }
     let value = reply.message.payload.u64Value ?? 0
     if value & 0xff != 0 { throw .refused(request: "SET_DEVICE_STATE_FD", status: value & 0xff) }

@@ -22,7 +22,8 @@ public final class NetDriver: @unchecked Sendable {
     self.device = device
     rx = device.queues[0]
     tx = device.queues[1]
-    headerLength = device.ackedFeatures.contains(.version1) || device.ackedFeatures.contains(VirtioFeatures(bit: 15))
+    headerLength =
+      device.ackedFeatures.contains(.version1) || device.ackedFeatures.contains(VirtioFeatures(bit: 15))
       ? 12 : 10
     self.bufferSize = bufferSize
     var t: [UInt64] = []
@@ -40,7 +41,9 @@ public final class NetDriver: @unchecked Sendable {
   public func enqueue(_ frame: [UInt8]) throws(FrontendError) -> Bool {
     reclaimTx()
     guard tx.ring.freeDescriptors > 0 else { return false }
-    guard frame.count + headerLength <= bufferSize else { throw .invalidArgument("frame of \(frame.count) bytes too big") }
+    guard frame.count + headerLength <= bufferSize else {
+      throw .invalidArgument("frame of \(frame.count) bytes too big")
+    }
     do {
       // One buffer per descriptor: the head we are about to use owns it.
       let buf = txBuffers[Int(tx.ring.nextHead)]

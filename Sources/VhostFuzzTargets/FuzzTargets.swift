@@ -63,7 +63,8 @@ enum FuzzDecode {
       _ = try? BackendMessage.decodeRequest(header: h, body: body, fdCount: fdCount)
       _ = try? FrontendMessage.decodeReply(
         to: FrontendRequest(rawValue: h.request), header: h, body: body, fdCount: fdCount)
-      _ = try? BackendMessage.decodeReply(to: BackendRequest(rawValue: h.request), header: h, body: body, fdCount: fdCount)
+      _ = try? BackendMessage.decodeReply(
+        to: BackendRequest(rawValue: h.request), header: h, body: body, fdCount: fdCount)
     }
     // Every layout over the raw body, whatever the header said.
     let layouts: [PayloadLayout] = [
@@ -113,11 +114,13 @@ enum FuzzBackend {
 
   static func run(_ data: [UInt8]) {
     guard let (mine, peer) = try? UnixSocket.pair() else { return }
-    let session = BackendSession(device: FuzzEchoDevice(), socket: mine, configuration: {
-      var c = BackendConfiguration()
-      c.timeoutMilliseconds = 10
-      return c
-    }())
+    let session = BackendSession(
+      device: FuzzEchoDevice(), socket: mine,
+      configuration: {
+        var c = BackendConfiguration()
+        c.timeoutMilliseconds = 10
+        return c
+      }())
     var input = FuzzInput(data)
     var messages = 0
     while !input.isEmpty && messages < 32 {
@@ -151,8 +154,9 @@ enum FuzzRing {
   static func run(_ data: [UInt8], packed: Bool) {
     guard data.count >= 8, let mem = try? SharedMemory(anonymous: "fuzz-ring", size: 65536) else { return }
     try? mem.write(data.prefix(65536), at: 0)
-    guard let memory = try? GuestMemory().adding(
-      MemoryRegion(guestPhysAddr: 0, memorySize: 65536, userAddr: 0x10_0000, mmapOffset: 0), fd: mem.fd, limit: 8)
+    guard
+      let memory = try? GuestMemory().adding(
+        MemoryRegion(guestPhysAddr: 0, memorySize: 65536, userAddr: 0x10_0000, mmapOffset: 0), fd: mem.fd, limit: 8)
     else { return }
     var input = FuzzInput(data)
     let size = UInt16(1) << UInt16(input.byte() % 9)  // 1...256
@@ -206,8 +210,9 @@ enum FuzzDevices {
     let which = data[0]
     let image = Array(data.dropFirst())
     try? mem.write(image.prefix(65536), at: 0)
-    guard let memory = try? GuestMemory().adding(
-      MemoryRegion(guestPhysAddr: 0, memorySize: 65536, userAddr: 0x10_0000, mmapOffset: 0), fd: mem.fd, limit: 8)
+    guard
+      let memory = try? GuestMemory().adding(
+        MemoryRegion(guestPhysAddr: 0, memorySize: 65536, userAddr: 0x10_0000, mmapOffset: 0), fd: mem.fd, limit: 8)
     else { return }
     var input = FuzzInput(image)
     let size = UInt16(1) << UInt16(input.byte() % 7)

@@ -28,7 +28,8 @@ enum Seeds {
           MemoryRegion(guestPhysAddr: 0, memorySize: 65536, userAddr: 0x10_0000, mmapOffset: 0)
         ]))
     case .singleRegion:
-      .singleRegion(SingleMemoryRegion(MemoryRegion(guestPhysAddr: 0, memorySize: 65536, userAddr: 0x10_0000, mmapOffset: 0)))
+      .singleRegion(
+        SingleMemoryRegion(MemoryRegion(guestPhysAddr: 0, memorySize: 65536, userAddr: 0x10_0000, mmapOffset: 0)))
     case .log: .log(LogDescription(mmapSize: 4096, mmapOffset: 0))
     case .iotlb: .iotlb(IOTLBMessage(iova: 0x1000, size: 0x1000, userAddr: 0x10_0000, permissions: 3, type: .update))
     case .config: .config(ConfigSpace(offset: 0, bytes: Array(repeating: 0, count: 8)))
@@ -51,9 +52,10 @@ enum Seeds {
   }
 
   /// One chunk of the back-end fuzzer's format: code, flags, fd spec, u16 length, body.
-  static func chunk(_ code: FrontendRequest, _ payload: Payload = .empty, fds: Int = 0, kind: UInt8 = 0,
-    needReply: Bool = false) -> [UInt8]
-  {
+  static func chunk(
+    _ code: FrontendRequest, _ payload: Payload = .empty, fds: Int = 0, kind: UInt8 = 0,
+    needReply: Bool = false
+  ) -> [UInt8] {
     let body = payload.encoded()
     let spec = UInt8(fds) | (kind << 2) | (kind << 4)
     return [UInt8(code.rawValue), needReply ? 0x8 : 0, spec, UInt8(body.count & 0xff), UInt8(body.count >> 8)] + body
@@ -62,7 +64,8 @@ enum Seeds {
   static var backendSession: [[UInt8]] {
     let setup: [UInt8] =
       chunk(.getFeatures) + chunk(.setFeatures, .u64(1 << 32 | 1 << 30)) + chunk(.setOwner)
-      + chunk(.getProtocolFeatures) + chunk(.setProtocolFeatures, .u64(0x8)) + chunk(.setMemTable, sample(.memoryTable), fds: 1)
+      + chunk(.getProtocolFeatures) + chunk(.setProtocolFeatures, .u64(0x8))
+      + chunk(.setMemTable, sample(.memoryTable), fds: 1)
       + chunk(.setVringNum, .vringState(VringState(index: 0, num: 8)), needReply: true)
       + chunk(.setVringAddr, .vringAddress(VringAddress(index: 0, desc: 0x10_0000, used: 0x10_0200, avail: 0x10_0100)))
       + chunk(.setVringBase, .vringState(VringState(index: 0, num: 0)))

@@ -11,9 +11,10 @@ public struct BlkConfig: Hashable, Sendable {
   /// Bytes of config space that hold the fields above.
   public static let size = 60
 
-  public init(capacity: UInt64, sizeMax: UInt32 = 0, segMax: UInt32 = 0, blkSize: UInt32 = 512,
-    numQueues: UInt16 = 1, maxDiscardSectors: UInt32 = 0, maxWriteZeroesSectors: UInt32 = 0)
-  {
+  public init(
+    capacity: UInt64, sizeMax: UInt32 = 0, segMax: UInt32 = 0, blkSize: UInt32 = 512,
+    numQueues: UInt16 = 1, maxDiscardSectors: UInt32 = 0, maxWriteZeroesSectors: UInt32 = 0
+  ) {
     self.capacity = capacity
     self.sizeMax = sizeMax
     self.segMax = segMax

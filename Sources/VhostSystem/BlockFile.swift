@@ -32,7 +32,9 @@ public final class BlockFile: @unchecked Sendable {
   public func read(into memory: SharedMemory, at offset: UInt64, count: Int, fileOffset: UInt64) throws(SystemError) {
     if direct {
       let buffer = try AlignedBuffer(count: count, alignment: alignment)
-      try transferAll(count, "pread") { done in pread(fd.rawValue, buffer.pointer + done, count - done, off_t(fileOffset) + off_t(done)) }
+      try transferAll(count, "pread") { done in
+        pread(fd.rawValue, buffer.pointer + done, count - done, off_t(fileOffset) + off_t(done))
+      }
       do {
         try memory.write(from: UnsafeRawBufferPointer(start: buffer.pointer, count: count), at: offset)
       } catch {
@@ -41,7 +43,9 @@ public final class BlockFile: @unchecked Sendable {
       return
     }
     try memory.withRegion(offset: offset, count: count) { p throws(SystemError) in
-      try transferAll(count, "pread") { done in pread(fd.rawValue, p + done, count - done, off_t(fileOffset) + off_t(done)) }
+      try transferAll(count, "pread") { done in
+        pread(fd.rawValue, p + done, count - done, off_t(fileOffset) + off_t(done))
+      }
     }
   }
 
@@ -54,11 +58,15 @@ public final class BlockFile: @unchecked Sendable {
       } catch {
         throw SystemError("copy from guest memory", errno: EFAULT)
       }
-      try transferAll(count, "pwrite") { done in pwrite(fd.rawValue, buffer.pointer + done, count - done, off_t(fileOffset) + off_t(done)) }
+      try transferAll(count, "pwrite") { done in
+        pwrite(fd.rawValue, buffer.pointer + done, count - done, off_t(fileOffset) + off_t(done))
+      }
       return
     }
     try memory.withRegion(offset: offset, count: count) { p throws(SystemError) in
-      try transferAll(count, "pwrite") { done in pwrite(fd.rawValue, p + done, count - done, off_t(fileOffset) + off_t(done)) }
+      try transferAll(count, "pwrite") { done in
+        pwrite(fd.rawValue, p + done, count - done, off_t(fileOffset) + off_t(done))
+      }
     }
   }
 
@@ -87,7 +95,9 @@ public final class BlockFile: @unchecked Sendable {
     var done: UInt64 = 0
     while done < count {
       let n = Int(min(UInt64(chunk), count - done))
-      try transferAll(n, "pwrite(zeros)") { d in pwrite(fd.rawValue, buffer.pointer + d, n - d, off_t(fileOffset + done) + off_t(d)) }
+      try transferAll(n, "pwrite(zeros)") { d in
+        pwrite(fd.rawValue, buffer.pointer + d, n - d, off_t(fileOffset + done) + off_t(d))
+      }
       done += UInt64(n)
     }
   }

@@ -12,7 +12,9 @@ public struct UnixSocket: Sendable {
 
   /// Connects to the socket at `path`.
   public static func connect(to path: String) throws(SystemError) -> UnixSocket {
-    let raw = try syscall("socket(AF_UNIX)") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    let raw = try syscall("socket(AF_UNIX)") {
+      socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
     let fd = OwnedFD(taking: raw)
     var addr = try makeAddress(path)
     _ = try syscall("connect(\(path))") {
@@ -115,7 +117,8 @@ public struct UnixSocket: Sendable {
       var ctrunc: Int32 = 0
       let n = buffer.withUnsafeMutableBytes { buf in
         raw.withUnsafeMutableBufferPointer { fdp in
-          _cvh_recvmsg_fds(fd.rawValue, buf.baseAddress! + got, count - got, fdp.baseAddress, Int32(maxFDs), &nfds, &ctrunc)
+          _cvh_recvmsg_fds(
+            fd.rawValue, buf.baseAddress! + got, count - got, fdp.baseAddress, Int32(maxFDs), &nfds, &ctrunc)
         }
       }
       if n < 0 {
@@ -143,13 +146,17 @@ public struct UnixListener: Sendable {
 
   /// Binds and listens at `path`, replacing a stale socket file.
   public init(path: String, backlog: Int32 = 16) throws(SystemError) {
-    let raw = try syscall("socket(AF_UNIX)") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    let raw = try syscall("socket(AF_UNIX)") {
+      socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
     let fd = OwnedFD(taking: raw)
     unlink(path)
     var addr = try UnixSocket.makeAddress(path)
     _ = try syscall("bind(\(path))") {
       withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+          bind(raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+        }
       }
     }
     _ = try syscall("listen(\(path))") { listen(raw, backlog) }

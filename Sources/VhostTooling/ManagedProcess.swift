@@ -122,9 +122,10 @@ public func findExecutable(_ name: String) -> String? {
 }
 
 /// Starts qemu-storage-daemon exporting `image` as a vhost-user-blk socket at `socket`.
-public func startQemuStorageDaemon(image: String, socket: String, log: String, numQueues: Int = 1,
-  writable: Bool = true) throws -> ManagedProcess?
-{
+public func startQemuStorageDaemon(
+  image: String, socket: String, log: String, numQueues: Int = 1,
+  writable: Bool = true
+) throws -> ManagedProcess? {
   guard let qsd = findExecutable("qemu-storage-daemon") else { return nil }
   let p = try ManagedProcess(
     qsd,
@@ -144,9 +145,10 @@ public var dpdkPMDDirectory: String {
 
 /// Starts dpdk-testpmd with one vdev on one forwarding core. `vdev` is e.g.
 /// `net_vhost0,iface=/tmp/s,queues=1`; `forward` a testpmd forwarding mode.
-public func startTestpmd(vdev: String, forward: String, lcores: String = "0@0,1@1", filePrefix: String,
-  log: String, extra: [String] = []) throws -> ManagedProcess?
-{
+public func startTestpmd(
+  vdev: String, forward: String, lcores: String = "0@0,1@1", filePrefix: String,
+  log: String, extra: [String] = []
+) throws -> ManagedProcess? {
   guard let testpmd = findExecutable("dpdk-testpmd") else { return nil }
   let d = dpdkPMDDirectory
   let args =
@@ -193,9 +195,10 @@ public final class GuestVM: @unchecked Sendable {
 
   /// Boots `kernel` + `initramfs` with `memoryMiB` of shared memfd RAM and `deviceArgs`
   /// (chardevs and devices).
-  public init(kernel: String, initramfs: String, memoryMiB: Int = 256, deviceArgs: [String], log: String,
-    smp: Int = 1) throws
-  {
+  public init(
+    kernel: String, initramfs: String, memoryMiB: Int = 256, deviceArgs: [String], log: String,
+    smp: Int = 1
+  ) throws {
     guard let qemu = findExecutable("qemu-system-x86_64") else { throw CocoaError(.fileNoSuchFile) }
     let args =
       [

@@ -105,13 +105,17 @@ public final class MessageChannel: Sendable {
 
   /// Receives a request of the given channel's code type. Descriptors its rule tolerates but
   /// ignores are closed here.
-  public func receiveRequest<Code: VhostRequestCode>(_: Code.Type, waitMilliseconds: Int? = nil) throws(ChannelError) -> Received<Code> {
+  public func receiveRequest<Code: VhostRequestCode>(_: Code.Type, waitMilliseconds: Int? = nil) throws(ChannelError)
+    -> Received<Code>
+  {
     let raw = try receiveRaw(waitMilliseconds: waitMilliseconds)
     return try Self.decodeRequest(raw, as: Code.self)
   }
 
   /// Decodes a raw request; a decoding error leaves the stream in sync (the body was consumed).
-  public static func decodeRequest<Code: VhostRequestCode>(_ raw: RawMessage, as: Code.Type) throws(ChannelError) -> Received<Code> {
+  public static func decodeRequest<Code: VhostRequestCode>(_ raw: RawMessage, as: Code.Type) throws(ChannelError)
+    -> Received<Code>
+  {
     do {
       let message = try Message<Code>.decodeRequest(header: raw.header, body: raw.body, fdCount: raw.fds.count)
       if case .ignored = message.code.requestFDs { return Received(message: message, fds: []) }
@@ -135,7 +139,9 @@ public final class MessageChannel: Sendable {
   }
 
   /// Sends a reply to `request` with `payload` (the back-end side; flags REPLY|version).
-  public func reply<Code: VhostRequestCode>(to request: Code, payload: Payload, fds: [OwnedFD] = []) throws(ChannelError) {
+  public func reply<Code: VhostRequestCode>(to request: Code, payload: Payload, fds: [OwnedFD] = [])
+    throws(ChannelError)
+  {
     try send(Message(request, flags: [.reply, .version1], payload: payload), fds: fds)
   }
 }

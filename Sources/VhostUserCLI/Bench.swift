@@ -45,7 +45,8 @@ struct BenchBlk: ParsableCommand {
     if json {
       print(
         String(
-          format: "{\"iops\":%.0f,\"mbps\":%.1f,\"p50_us\":%.0f,\"p99_us\":%.0f,\"ios\":%d,\"errors\":%d,\"seconds\":%.2f}",
+          format:
+            "{\"iops\":%.0f,\"mbps\":%.1f,\"p50_us\":%.0f,\"p99_us\":%.0f,\"ios\":%d,\"errors\":%d,\"seconds\":%.2f}",
           r.iops, r.megabytesPerSecond, r.p50Microseconds, r.p99Microseconds, r.ios, r.errors, r.seconds))
     } else {
       print(

@@ -2,7 +2,8 @@ import ArgumentParser
 import VhostDevices
 
 struct Blk: ParsableCommand {
-  static let configuration = CommandConfiguration(abstract: "A virtio-blk back-end serving a disk image or block device.")
+  static let configuration = CommandConfiguration(
+    abstract: "A virtio-blk back-end serving a disk image or block device.")
   @OptionGroup var options: BackendOptions
   @Option(help: "The image file or block device.") var blkFile: String?
   @Flag(help: "Export read-only.") var readOnly = false
@@ -11,7 +12,8 @@ struct Blk: ParsableCommand {
   @Option(help: "Serial (GET_ID), up to 20 bytes.") var serial = ""
   @Flag(help: "Open with O_DIRECT.") var direct = false
   @Option(
-    help: "I/O threads (requests in flight, completing out of order); 0 = on the queue thread. Default: 8 with --direct, else 0."
+    help:
+      "I/O threads (requests in flight, completing out of order); 0 = on the queue thread. Default: 8 with --direct, else 0."
   )
   var ioThreads: Int?
 

@@ -14,9 +14,10 @@ public struct RingConfiguration: Sendable {
   public var packed: Bool
   public var base: VringBase
 
-  public init(size: UInt16, desc: UInt64, avail: UInt64, used: UInt64, logUsed: Bool = false,
-    logGuestAddr: UInt64 = 0, eventIndex: Bool, packed: Bool, base: VringBase)
-  {
+  public init(
+    size: UInt16, desc: UInt64, avail: UInt64, used: UInt64, logUsed: Bool = false,
+    logGuestAddr: UInt64 = 0, eventIndex: Bool, packed: Bool, base: VringBase
+  ) {
     self.size = size
     descUserAddr = desc
     availUserAddr = avail

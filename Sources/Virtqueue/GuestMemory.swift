@@ -54,7 +54,8 @@ public final class GuestMemory: Sendable {
       region.mmapOffset <= UInt64(Int64.max) - region.memorySize
     else { throw GuestMemoryError.badRegion("invalid region size/addresses \(region)") }
     for r in regions {
-      let gOverlap = region.guestPhysAddr < r.guestEnd && r.region.guestPhysAddr < region.guestPhysAddr + region.memorySize
+      let gOverlap =
+        region.guestPhysAddr < r.guestEnd && r.region.guestPhysAddr < region.guestPhysAddr + region.memorySize
       let uOverlap = region.userAddr < r.userEnd && r.region.userAddr < region.userAddr + region.memorySize
       if gOverlap || uOverlap { throw GuestMemoryError.overlapping(region) }
     }

@@ -32,7 +32,8 @@ public final class InflightRegion: @unchecked Sendable {
   /// Adopts an area from SET_INFLIGHT_FD.
   public init(memory: SharedMemory, queueCount: Int, queueSize: Int) throws(MemoryAccessError) {
     guard Self.queueRegionSize(queueSize: queueSize) * queueCount <= memory.size else {
-      throw MemoryAccessError(offset: 0, length: UInt64(Self.queueRegionSize(queueSize: queueSize) * queueCount),
+      throw MemoryAccessError(
+        offset: 0, length: UInt64(Self.queueRegionSize(queueSize: queueSize) * queueCount),
         size: UInt64(memory.size))
     }
     self.memory = memory

@@ -236,27 +236,27 @@ extension BackendTests {
       refused = true
     }
     if refused {
-        // Nothing changed: ring 0 still serves.
-        do {
-          try echo(
-            q0, space, input: input, readable: [(space.gpa(5, 0), 48)], writable: (space.gpa(6, 0), 64), timeout: 1)
-        } catch {
-          Issue.record("REM_MEM_REG was refused, yet ring 0 no longer serves: \(error)")
-        }
+      // Nothing changed: ring 0 still serves.
+      do {
+        try echo(
+          q0, space, input: input, readable: [(space.gpa(5, 0), 48)], writable: (space.gpa(6, 0), 64), timeout: 1)
+      } catch {
+        Issue.record("REM_MEM_REG was refused, yet ring 0 no longer serves: \(error)")
       }
-      // Ring 1 sees region 1 exactly when the table has it, and keeps seeing it the same way after
-      // a restart (which builds the ring from the session's current table).
-      let before = try q1.roundTrip(
-        inRegion1.map { DriverBuffer(guestAddress: $0.0, length: 48, deviceWritable: false) }
-          + [DriverBuffer(guestAddress: space.gpa(6, 0), length: 64, deviceWritable: true)])
-      let base = try frontend.getVringBase(1)
-      try frontend.setVringBase(1, base)
-      try frontend.setVringKick(1, q1.kick.fd)
-      let after = try q1.roundTrip(
-        inRegion1.map { DriverBuffer(guestAddress: $0.0, length: 48, deviceWritable: false) }
-          + [DriverBuffer(guestAddress: space.gpa(6, 0), length: 64, deviceWritable: true)])
-      #expect(before.length == after.length, "ring 1: \(before.length) bytes before its restart, \(after.length) after")
-      #expect(before.length == (refused ? 48 : 0), "refused: \(refused); ring 1 wrote \(before.length) from region 1")
+    }
+    // Ring 1 sees region 1 exactly when the table has it, and keeps seeing it the same way after
+    // a restart (which builds the ring from the session's current table).
+    let before = try q1.roundTrip(
+      inRegion1.map { DriverBuffer(guestAddress: $0.0, length: 48, deviceWritable: false) }
+        + [DriverBuffer(guestAddress: space.gpa(6, 0), length: 64, deviceWritable: true)])
+    let base = try frontend.getVringBase(1)
+    try frontend.setVringBase(1, base)
+    try frontend.setVringKick(1, q1.kick.fd)
+    let after = try q1.roundTrip(
+      inRegion1.map { DriverBuffer(guestAddress: $0.0, length: 48, deviceWritable: false) }
+        + [DriverBuffer(guestAddress: space.gpa(6, 0), length: 64, deviceWritable: true)])
+    #expect(before.length == after.length, "ring 1: \(before.length) bytes before its restart, \(after.length) after")
+    #expect(before.length == (refused ? 48 : 0), "refused: \(refused); ring 1 wrote \(before.length) from region 1")
     // Whatever happened, ring 1 still serves the regions that remain.
     try echo(q1, space, input: input, readable: [(space.gpa(7, 0), 48)], writable: (space.gpa(8, 0), 64))
   }

@@ -31,7 +31,8 @@ extension BackendTests {
         try frontend.setVringNum(0, UInt32(size))
         try frontend.setVringBase(0, base)
         try frontend.setVringAddr(
-          VringAddress(index: 0, desc: ring.descUserAddr, used: ring.deviceEventUserAddr, avail: ring.driverEventUserAddr))
+          VringAddress(
+            index: 0, desc: ring.descUserAddr, used: ring.deviceEventUserAddr, avail: ring.driverEventUserAddr))
         try frontend.setVringKick(0, kick.fd)
         try frontend.setVringCall(0, call.fd)
         try frontend.setVringEnable(0, true)
@@ -73,7 +74,8 @@ extension BackendTests {
       #expect(done == Int(size) * 5)
     }
 
-    @Test("packed ring, EVENT_IDX off/on: echo verified across many wraps and a stop/restart",
+    @Test(
+      "packed ring, EVENT_IDX off/on: echo verified across many wraps and a stop/restart",
       arguments: [false, true])
     func packed(eventIdx: Bool) throws { try run(eventIdx: eventIdx) }
   }

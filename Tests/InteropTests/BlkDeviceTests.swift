@@ -13,9 +13,10 @@ struct BlkDeviceTests {
   static let size = 8 << 20
 
   /// A back-end on a fresh image and a connected BlkDriver.
-  static func withDisk(readOnly: Bool = false, ioThreads: Int = 0, features: VirtioFeatures = [],
-    _ body: (BlkDriver, String, BlkDevice) throws -> Void) throws
-  {
+  static func withDisk(
+    readOnly: Bool = false, ioThreads: Int = 0, features: VirtioFeatures = [],
+    _ body: (BlkDriver, String, BlkDevice) throws -> Void
+  ) throws {
     let dir = try TemporaryDirectory()
     let image = dir.file("disk.img")
     try makeImage(image, size: size)
@@ -75,7 +76,10 @@ struct BlkDeviceTests {
       let noStatus = try blk.request(type: 0, sector: 0, statusByte: false)
       #expect(noStatus.usedLength == 0)
       // DISCARD with a segment beyond the end or a bad length.
-      #expect(try blk.request(type: 11, sector: 0, write: BlkDriver.segment(offset: UInt64(Self.size), length: 4096, flags: 0)).status == 1)
+      #expect(
+        try blk.request(
+          type: 11, sector: 0, write: BlkDriver.segment(offset: UInt64(Self.size), length: 4096, flags: 0)
+        ).status == 1)
       #expect(try blk.request(type: 11, sector: 0, write: [1, 2, 3]).status == 2)
       // The device still serves good requests afterwards.
       let d = pattern(4096, seed: 77)
@@ -92,7 +96,8 @@ struct BlkDeviceTests {
       #expect(blk.device.frontend.state.backendFeatures.contains(VirtioFeatures(bit: 5)))
       let before = try readFile(image, offset: 0, count: 4096)
       #expect(try blk.request(type: 1, sector: 0, write: pattern(4096, seed: 1)).status == 1)
-      #expect(try blk.request(type: 13, sector: 0, write: BlkDriver.segment(offset: 0, length: 4096, flags: 0)).status == 1)
+      #expect(
+        try blk.request(type: 13, sector: 0, write: BlkDriver.segment(offset: 0, length: 4096, flags: 0)).status == 1)
       #expect(try readFile(image, offset: 0, count: 4096) == before)
       #expect(try blk.read(offset: 0, length: 4096) == before)
     }

@@ -75,9 +75,10 @@ struct CLITests {
   func validation() throws {
     guard let bin = Self.binary() else { return }
     let dir = try TemporaryDirectory()
-    for args in [["blk", "--socket-path", dir.file("a"), "--fd", "3", "--blk-file", "/dev/null"], ["blk"],
-      ["blk", "--socket-path", dir.file("b")]]
-    {
+    for args in [
+      ["blk", "--socket-path", dir.file("a"), "--fd", "3", "--blk-file", "/dev/null"], ["blk"],
+      ["blk", "--socket-path", dir.file("b")],
+    ] {
       let p = try ManagedProcess(bin, args, logPath: dir.file("v.log"))
       #expect(p.waitExit(milliseconds: 10_000))
       #expect(p.waitStatus != 0, "\(args) was accepted")

@@ -13,7 +13,8 @@ struct DPDKTests {
     let socket = dir.file("vhost.sock")
     guard
       let pmd = try startTestpmd(
-        vdev: "net_vhost0,iface=\(socket),queues=1", forward: forward, filePrefix: "vh\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
+        vdev: "net_vhost0,iface=\(socket),queues=1", forward: forward,
+        filePrefix: "vh\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
         log: dir.file("testpmd.log"))
     else { return nil }
     #expect(pmd.waitForFile(socket, milliseconds: 30_000), "testpmd did not create its socket: \(pmd.output)")
@@ -47,7 +48,9 @@ struct DPDKTests {
     do {
       sent = try net.send(Self.frame, count: n)
     } catch {
-      Issue.record("send failed: \(error)\n\(pmd.output.split(separator: "\n").filter { $0.contains("VHOST") || $0.contains("Port") }.suffix(30).joined(separator: "\n"))")
+      Issue.record(
+        "send failed: \(error)\n\(pmd.output.split(separator: "\n").filter { $0.contains("VHOST") || $0.contains("Port") }.suffix(30).joined(separator: "\n"))"
+      )
       return
     }
     #expect(sent == n)

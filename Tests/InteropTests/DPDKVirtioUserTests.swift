@@ -47,7 +47,9 @@ struct DPDKVirtioUserTests {
     #expect(Self.waitUntil(seconds: 10) { backend.server.currentSession == nil })
     let sent = testpmdCounter(pmd.output, "TX-packets")
     #expect(sent != nil && sent! > 0)
-    #expect(sent == device.received.packets, "testpmd sent \(String(describing: sent)), we counted \(device.received.packets)\n\(pmd.output.suffix(2500))")
+    #expect(
+      sent == device.received.packets,
+      "testpmd sent \(String(describing: sent)), we counted \(device.received.packets)\n\(pmd.output.suffix(2500))")
     #expect(device.received.errors == 0)
   }
 
@@ -56,11 +58,13 @@ struct DPDKVirtioUserTests {
     let dir = try TemporaryDirectory()
     let socket = dir.file("net.sock")
     let device = NetDevice(forwarding: .txonly)
-    let backend = try InProcessBackend(device: device, socket: socket, configuration: {
-      var c = BackendConfiguration()
-      c.poll = true  // txonly generates into every posted buffer as fast as the ring allows
-      return c
-    }())
+    let backend = try InProcessBackend(
+      device: device, socket: socket,
+      configuration: {
+        var c = BackendConfiguration()
+        c.poll = true  // txonly generates into every posted buffer as fast as the ring allows
+        return c
+      }())
     defer { backend.stop() }
     guard let pmd = try Self.startVirtioUser(dir, socket: socket, forward: "rxonly", packed: packed) else { return }
     defer { pmd.stop() }

@@ -53,9 +53,10 @@ struct GuestBlkTests {
     return p
   }
 
-  static func boot(_ s: Setup, script: String, device: String = "", chardev: String = "", smp: Int = 1,
-    seconds: Double = 180) throws -> String
-  {
+  static func boot(
+    _ s: Setup, script: String, device: String = "", chardev: String = "", smp: Int = 1,
+    seconds: Double = 180
+  ) throws -> String {
     let initramfs = try GuestVM.buildInitramfs(script: script, makeInitramfs: makeInitramfsScript, in: s.dir.path)
     let vm = try GuestVM(
       kernel: s.kernel, initramfs: initramfs,
@@ -98,7 +99,8 @@ struct GuestBlkTests {
     let backend = try Self.startBackend(s, ["--num-queues", "\(queues)"])
     defer { backend.stop() }
     let out = try Self.boot(
-      s, script: "cat /sys/block/vda/mq/*/nr_tags >/dev/null 2>&1; echo \"QUEUES $(ls /sys/block/vda/mq | wc -l)\"\n"
+      s,
+      script: "cat /sys/block/vda/mq/*/nr_tags >/dev/null 2>&1; echo \"QUEUES $(ls /sys/block/vda/mq | wc -l)\"\n"
         + Self.ddScript,
       device: queues > 1 ? ",num-queues=\(queues)" : "", smp: queues > 1 ? 2 : 1)
     let data = Self.field(out, "DATA-MD5")
@@ -160,7 +162,8 @@ struct GuestBlkTests {
     #expect(check.waitStatus == 0, "e2fsck reported problems:\n\(check.output)")
   }
 
-  @Test("reconnect: kill -9 the back-end while the guest writes; nothing is lost (split and packed rings)",
+  @Test(
+    "reconnect: kill -9 the back-end while the guest writes; nothing is lost (split and packed rings)",
     arguments: [false, true])
   func reconnect(packed: Bool) throws {
     guard let s = try Self.setup(imageMiB: 128) else { return }

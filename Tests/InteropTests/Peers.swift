@@ -14,7 +14,8 @@ enum Peers {
     if let path = findExecutable(executable) { return path }
     let message = "\(executable) not found (Debian package \(package)); see README 'Running the tests'"
     if required {
-      Issue.record(Comment(rawValue: message + " — VHOST_E2E_REQUIRED=1, so this is a failure"),
+      Issue.record(
+        Comment(rawValue: message + " — VHOST_E2E_REQUIRED=1, so this is a failure"),
         sourceLocation: sourceLocation)
     } else {
       print("SKIP: \(message)")

@@ -36,7 +36,9 @@ struct QemuStorageDaemonTests {
     #expect(state.protocolFeatures.contains(.replyAck))
     #expect(state.protocolFeatures.contains(.config))
     // The acked protocol features are the offer masked by ours.
-    #expect(state.protocolFeatures == state.backendProtocolFeatures.intersection(FrontendConfiguration.defaultProtocolFeatures))
+    #expect(
+      state.protocolFeatures
+        == state.backendProtocolFeatures.intersection(FrontendConfiguration.defaultProtocolFeatures))
     #expect(state.maxQueues == 1)
 
     let device = try DeviceDriver(

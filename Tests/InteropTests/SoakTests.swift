@@ -30,7 +30,8 @@ struct SoakTests {
     configuration.timeoutMilliseconds = 5000
     for i in 0...count {
       do {
-        let connection = try VhostUserConnection.connect(path: socket, configuration: configuration, retryMilliseconds: 2000)
+        let connection = try VhostUserConnection.connect(
+          path: socket, configuration: configuration, retryMilliseconds: 2000)
         let frontend = connection.device()
         try frontend.negotiate()
         let driver = try DeviceDriver(
@@ -51,7 +52,9 @@ struct SoakTests {
       var kinds: [String: Int] = [:]
       for f in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? [] {
         let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + f)) ?? "?"
-        kinds[String(target.prefix(while: { $0 != "[" && $0 != ":" })) + (target.contains("eventfd") ? "eventfd" : target.contains("eventpoll") ? "epoll" : ""), default: 0] += 1
+        kinds[
+          String(target.prefix(while: { $0 != "[" && $0 != ":" }))
+            + (target.contains("eventfd") ? "eventfd" : target.contains("eventpoll") ? "epoll" : ""), default: 0] += 1
       }
       print("fd kinds: \(kinds)")
     }

@@ -144,8 +144,11 @@ struct GoldenBytesTests {
     let full = FrontendMessage(
       .setMemTable, payload: .memoryTable(MemoryTable(regions: Array(repeating: Sample.region1, count: 8)))
     ).encoded()
-    #expect(full == hex("05 00 00 00 | 01 00 00 00 | 08 01 00 00 | 08 00 00 00 | 00 00 00 00 | "
-      + Array(repeating: Sample.region1Hex, count: 8).joined(separator: " ")))
+    #expect(
+      full
+        == hex(
+          "05 00 00 00 | 01 00 00 00 | 08 01 00 00 | 08 00 00 00 | 00 00 00 00 | "
+            + Array(repeating: Sample.region1Hex, count: 8).joined(separator: " ")))
   }
 
   @Test("SET_VRING_ADDR: index, flags, desc, used, avail, log at their offsets")

@@ -123,7 +123,8 @@ struct TotalityTests {
         default:
           let code = FrontendRequest.allKnown[rng.below(FrontendRequest.allKnown.count)]
           let body = craftedBody(code.replyLayout ?? .u64, &rng)
-          let bytes = MessageHeader(request: code.rawValue, flags: [.reply, .version1], size: UInt32(body.count))
+          let bytes =
+            MessageHeader(request: code.rawValue, flags: [.reply, .version1], size: UInt32(body.count))
             .encoded() + body
           craftedHeaders.run { () throws(ProtocolError) in try MessageHeader.decode(Array(bytes[0..<12])) }
           guard let header = try? MessageHeader.decode(Array(bytes[0..<12])) else { continue }

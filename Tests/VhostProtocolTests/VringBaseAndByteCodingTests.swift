@@ -63,8 +63,9 @@ struct ByteCodingTests {
     w.write(UInt16(0x0203))
     w.write(UInt32(0x0405_0607))
     w.write(UInt64(0x0809_0a0b_0c0d_0e0f))
-    #expect(w.bytes == native(UInt8(0x01)) + native(UInt16(0x0203)) + native(UInt32(0x0405_0607))
-      + native(UInt64(0x0809_0a0b_0c0d_0e0f)))
+    #expect(
+      w.bytes == native(UInt8(0x01)) + native(UInt16(0x0203)) + native(UInt32(0x0405_0607))
+        + native(UInt64(0x0809_0a0b_0c0d_0e0f)))
   }
 
   @Test("ByteWriter is little-endian on this host", .enabled(if: littleEndianHost))
