@@ -255,7 +255,9 @@ extension BackendSession {
   func getVringBase(_ p: Payload) throws -> Reply {
     guard case .vringState(let s) = p else { throw RequestFailure("bad payload") }
     let q = try queue(s.index, .getVringBase)
-    // The ring stops fetching; requests in flight complete first (the lock also waits for the worker).
+    // Chains the driver published before asking are served (so nothing it counted as sent is left
+    // behind), then the ring stops fetching and requests in flight complete first.
+    q.service(device)
     if !q.quiesce(milliseconds: configuration.timeoutMilliseconds) {
       log.warning("GET_VRING_BASE: ring \(s.index) still has \(q.outstanding) requests in flight")
     }
