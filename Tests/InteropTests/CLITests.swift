@@ -68,7 +68,8 @@ struct CLITests {
     defer { p.stop() }
     let report = try ProbeReport.collect(path: socket)
     #expect(report.inferredDevice == .blk)
-    #expect(report.config.map { (try? BlkConfig(bytes: $0))?.capacity } == UInt64(8 << 20) / 512)
+    let capacity: UInt64 = report.config.flatMap { (try? BlkConfig(bytes: $0))?.capacity } ?? 0
+    #expect(capacity == UInt64(8 << 20) / 512)
   }
 
   @Test("options are validated: --socket-path and --fd are exclusive, --blk-file is required")

@@ -36,7 +36,9 @@ extension FrontendTests {
       #expect(fake.codes == [.getFeatures, .getProtocolFeatures, .setProtocolFeatures, .getQueueNum])
       let setProtocol = fake.requests(.setProtocolFeatures)
       #expect(setProtocol.first?.u64 == 0x1f)
-      #expect(setProtocol.first?.u64 == offer & FrontendConfiguration.defaultProtocolFeatures.rawValue)
+      let masked: UInt64? = offer & FrontendConfiguration.defaultProtocolFeatures.rawValue
+      let sentValue: UInt64? = setProtocol.first?.u64
+      #expect(sentValue == masked)
       #expect(!fake.codes.contains(.getMaxMemSlots))
       #expect(!fake.codes.contains(.setBackendReqFD))
       #expect(state.protocolFeatures.rawValue == 0x1f)
