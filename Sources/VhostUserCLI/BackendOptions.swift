@@ -10,7 +10,8 @@ import VhostSystem
 
 /// The options every back-end takes (QEMU's "backend program conventions" plus ours).
 struct BackendOptions: ParsableArguments {
-  @Option(help: "Listen on this Unix socket path.") var socketPath: String?
+  @Option(help: "Listen on this Unix socket path (repeat to serve several sockets, each its own device).")
+  var socketPath: [String] = []
   @Option(help: "Serve an inherited listening socket on this file descriptor.") var fd: Int32?
   @Flag(help: "Print the backend capabilities JSON and exit.") var printCapabilities = false
   @Flag(help: "Busy-poll the rings instead of waiting for kicks.") var poll = false
@@ -20,7 +21,7 @@ struct BackendOptions: ParsableArguments {
 
   func validate() throws {
     if printCapabilities { return }
-    if (socketPath == nil) == (fd == nil) { throw ValidationError("give exactly one of --socket-path or --fd") }
+    if socketPath.isEmpty == (fd == nil) { throw ValidationError("give --socket-path (one or more) or --fd, not both") }
     if queuesPerThread < 1 { throw ValidationError("--queues-per-thread must be at least 1") }
   }
 
@@ -35,23 +36,35 @@ struct BackendOptions: ParsableArguments {
     return c
   }
 
-  /// Prints capabilities, or serves `device` until SIGTERM/SIGINT.
-  func serve(_ device: VhostUserDevice) throws {
+  /// Prints capabilities, or serves `device` on every socket until SIGTERM/SIGINT (one shared device).
+  func serve(_ device: VhostUserDevice) throws { try serve { device } }
+
+  /// Prints capabilities, or serves one device per socket (made by `makeDevice`) until
+  /// SIGTERM/SIGINT. Each socket takes one front-end at a time.
+  func serve(_ makeDevice: () throws -> VhostUserDevice) throws {
     if printCapabilities {
+      let device = try makeDevice()
       let features = device.capabilityFeatures.map { "\"\($0)\"" }.joined(separator: ", ")
       print("{\n  \"type\": \"\(device.type)\",\n  \"features\": [\(features)]\n}")
       return
     }
-    let listener: UnixListener
-    if let socketPath {
-      listener = try UnixListener(path: socketPath)
-    } else {
-      listener = UnixListener(inheriting: OwnedFD(taking: fd!))
+    var servers: [BackendServer] = []
+    if let fd {
+      servers.append(
+        BackendServer(
+          listener: UnixListener(inheriting: OwnedFD(taking: fd)), device: try makeDevice(),
+          configuration: configuration))
     }
-    let server = BackendServer(listener: listener, device: device, configuration: configuration)
-    SignalThread.start { server.stop() }
-    server.run()
-    if let socketPath { unlink(socketPath) }
+    for path in socketPath {
+      servers.append(
+        BackendServer(listener: try UnixListener(path: path), device: try makeDevice(), configuration: configuration))
+    }
+    let all = servers
+    SignalThread.start { for s in all { s.stop() } }
+    for s in servers.dropLast() { s.startInBackground() }
+    servers.last?.run()
+    for s in servers.dropLast() { s.stopAndWait() }
+    for path in socketPath { unlink(path) }
   }
 }
 

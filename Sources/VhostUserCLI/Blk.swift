@@ -23,6 +23,9 @@ struct Blk: ParsableCommand {
       return
     }
     guard let blkFile else { throw ValidationError("--blk-file is required") }
+    guard options.socketPath.count <= 1 else {
+      throw ValidationError("one --socket-path for blk: two front-ends must not share one image")
+    }
     guard (1...64).contains(numQueues) else { throw ValidationError("--num-queues must be 1...64") }
     let device = try BlkDevice(
       path: blkFile, readOnly: readOnly, numQueues: numQueues, queueSize: queueSize, serial: serial, direct: direct,

@@ -52,6 +52,26 @@ struct CLITests {
     connection.close()
   }
 
+  @Test("one daemon serves several sockets (repeated --socket-path), each its own device")
+  func severalSockets() throws {
+    guard let bin = Self.binary() else { return }
+    let dir = try TemporaryDirectory()
+    let sockets = [dir.file("a.sock"), dir.file("b.sock"), dir.file("c.sock")]
+    let p = try ManagedProcess(bin, ["rng"] + sockets.flatMap { ["--socket-path", $0] }, logPath: dir.file("log"))
+    for s in sockets { #expect(p.waitForFile(s, milliseconds: 10_000)) }
+    // Two front-ends at the same time on different sockets.
+    let a = try VhostUserConnection.connect(path: sockets[0], retryMilliseconds: 2000)
+    let b = try VhostUserConnection.connect(path: sockets[2], retryMilliseconds: 2000)
+    #expect(try a.device().negotiate().maxQueues == 1)
+    #expect(try b.device().negotiate().maxQueues == 1)
+    a.close()
+    b.close()
+    kill(p.pid, SIGTERM)
+    #expect(p.waitExit(milliseconds: 3000))
+    #expect(p.waitStatus == 0)
+    for s in sockets { #expect(!FileManager.default.fileExists(atPath: s)) }
+  }
+
   @Test("--fd N serves an inherited listening socket")
   func inheritedSocket() throws {
     guard let bin = Self.binary() else { return }
@@ -79,6 +99,7 @@ struct CLITests {
     for args in [
       ["blk", "--socket-path", dir.file("a"), "--fd", "3", "--blk-file", "/dev/null"], ["blk"],
       ["blk", "--socket-path", dir.file("b")],
+      ["blk", "--socket-path", dir.file("c"), "--socket-path", dir.file("d"), "--blk-file", "/dev/null"],
     ] {
       let p = try ManagedProcess(bin, args, logPath: dir.file("v.log"))
       #expect(p.waitExit(milliseconds: 10_000))
