@@ -14,6 +14,8 @@ let package = Package(
     .library(name: "VhostFrontend", targets: ["VhostFrontend"]),
     .library(name: "VhostBackend", targets: ["VhostBackend"]),
     .library(name: "VhostDevices", targets: ["VhostDevices"]),
+    .library(name: "VhostConformance", targets: ["VhostConformance"]),
+    .library(name: "VhostTools", targets: ["VhostTools"]),
     .executable(name: "vhost-user", targets: ["VhostUserCLI"]),
     .executable(name: "vhost-fuzz", targets: ["vhost-fuzz"]),
   ],
@@ -27,6 +29,8 @@ let package = Package(
     .target(name: "VhostSystem", dependencies: ["CVhostShim"], swiftSettings: strict),
     .target(name: "VhostTooling", dependencies: ["CVhostShim", "VhostSystem"], swiftSettings: strict),
     .target(name: "VhostTransport", dependencies: ["VhostSystem", "VhostProtocol"], swiftSettings: strict),
+    .target(
+      name: "VhostTools", dependencies: ["VhostProtocol", "VhostSystem", "VhostTransport"], swiftSettings: strict),
     .target(name: "Virtqueue", dependencies: ["VhostSystem"], swiftSettings: strict),
     .target(
       name: "VhostFrontend",
@@ -43,6 +47,10 @@ let package = Package(
       ],
       swiftSettings: strict),
     .target(
+      name: "VhostConformance",
+      dependencies: ["VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue"],
+      swiftSettings: strict),
+    .target(
       name: "VhostDevices", dependencies: ["VhostBackend", "VhostProtocol", "VhostSystem", "Virtqueue"],
       swiftSettings: strict),
     .target(
@@ -57,7 +65,7 @@ let package = Package(
       name: "VhostUserCLI",
       dependencies: [
         "VhostBackend", "VhostDevices", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport",
-        "VhostTooling",
+        "VhostTooling", "VhostConformance", "VhostTools",
         "Virtqueue", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ],
@@ -76,7 +84,7 @@ let package = Package(
       name: "InteropTests",
       dependencies: [
         "VhostBackend", "VhostDevices", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTooling",
-        "VhostTransport", "Virtqueue",
+        "VhostTransport", "Virtqueue", "VhostConformance", "VhostTools",
       ],
       swiftSettings: strict),
   ]
