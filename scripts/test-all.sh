@@ -8,6 +8,12 @@ export VHOST_E2E_REQUIRED=1
 swift build --build-tests
 swift test --skip-build --no-parallel
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+# The tool reports of docs/TOOLS.md, regenerated into a scratch directory: a QEMU guest through the
+# tracer to qemu-storage-daemon and to our blk back-end, and `check` against every back-end.
+reports=$(mktemp -d)
+bash scripts/tool-reports.sh "$reports"
+grep -h '^summary' "$reports"/check-*.txt
+for f in "$reports"/check-ours-*.txt; do grep -q '^summary: .* 0 failed' "$f" || { echo "FAIL: $f"; exit 1; }; done
 # The blk benchmark against qemu-storage-daemon, same image, same settings, one run (figures only:
 # performance is judged from BENCHMARKS.md runs, not asserted here).
 bash scripts/bench-blk.sh "${BENCH_SECONDS:-2}" 1

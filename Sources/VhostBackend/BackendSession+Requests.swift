@@ -64,8 +64,10 @@ extension BackendSession {
     case .remMemReg: try remMemReg(p)
     case .setStatus:
       try require(.status, m.code)
+      // Status 0 is recorded, not acted on: QEMU 7.2 sends it when it *stops* a device, before the
+      // GET_VRING_BASE that must still report where each ring stopped (a reset would answer 0 and
+      // make a resumed guest's requests run twice).
       status = UInt8(truncatingIfNeeded: p.u64Value ?? 0)
-      if status == 0 { resetDevice() }
     case .getStatus:
       try require(.status, m.code)
       return Reply(payload: .u64(UInt64(status)))

@@ -202,6 +202,12 @@ final class Session {
     try must(.setStatus, payload: .u64(UInt64(s)))
   }
 
+  /// SET_STATUS 0 (STATUS negotiated): QEMU 7.2 sends it when it stops a device, before GET_VRING_BASE.
+  func stopDevice() throws(CheckFailure) {
+    guard protocolAcked.contains(.status) else { return }
+    try must(.setStatus, payload: .u64(0))
+  }
+
   /// Configures and starts `ring` the way QEMU does: SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR,
   /// SET_VRING_CALL, SET_VRING_KICK.
   /// `base` defaults to the ring's start index.
