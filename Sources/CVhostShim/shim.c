@@ -38,7 +38,7 @@ ssize_t _cvh_sendmsg_fds(int sock, const void *buf, size_t len, const int *fds, 
     cmsg->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
     memcpy(CMSG_DATA(cmsg), fds, sizeof(int) * (size_t)nfds);
   }
-  return sendmsg(sock, &msg, MSG_NOSIGNAL);
+  return sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 ssize_t _cvh_recvmsg_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds, int *ctrunc) {

@@ -159,11 +159,13 @@ public final class BackendSession: @unchecked Sendable {
       switch code {
       case .getConfig:
         return (try? channel.reply(to: code, payload: .config(ConfigSpace(offset: 0, bytes: [])))) != nil
-      case .getFeatures, .getProtocolFeatures, .getQueueNum, .getMaxMemSlots, .getStatus, .postcopyEnd,
-        .checkDeviceState, .iotlbMsg, .setLogBase, .setDeviceStateFD:
+      case .postcopyEnd, .checkDeviceState, .iotlbMsg, .setLogBase, .setDeviceStateFD:
+        // Their u64 is a status: non-zero is a failure.
         return (try? channel.reply(to: code, payload: .u64(1))) != nil
       default:
-        return false  // GET_VRING_BASE, GET_INFLIGHT_FD, ...: nothing sensible to say; close.
+        // GET_FEATURES, GET_QUEUE_NUM, GET_VRING_BASE, GET_INFLIGHT_FD, ...: every value is a real
+        // answer, so none can say "failed"; close the connection instead of inventing one.
+        return false
       }
     }
     if needReply && ackedProtocol.contains(.replyAck) {

@@ -92,18 +92,8 @@ public final class ConformanceChecker: @unchecked Sendable {
     return s
   }
 
-  /// Infers the device type from feature bits. Device bits overlap between types (bit 5 is NET_F_MAC
-  /// and BLK_F_RO, bit 9 NET_F_GUEST_ECN and BLK_F_FLUSH, ...), so the bits that settle it come
-  /// first: CSUM (0), MRG_RXBUF (15) or CTRL_VQ (17) mean net (their blk namesakes — legacy BARRIER,
-  /// LIFETIME, ZONED — are rare); then SEG_MAX, BLK_SIZE, FLUSH or TOPOLOGY (2, 6, 9, 10) mean blk;
-  /// then MAC or STATUS (5, 16) mean net. An rng device has no bits of its own: pass it explicitly.
-  static func infer(_ f: VirtioFeatures) -> VirtioDeviceType? {
-    func any(_ bits: [Int]) -> Bool { bits.contains { f.contains(VirtioFeatures(bit: $0)) } }
-    if any([0, 15, 17]) { return .net }
-    if any([2, 6, 9, 10]) { return .blk }
-    if any([5, 16]) { return .net }
-    return nil
-  }
+  /// Infers the device type from feature bits (see `VirtioDeviceType.init(inferringFrom:)`).
+  static func infer(_ f: VirtioFeatures) -> VirtioDeviceType? { VirtioDeviceType(inferringFrom: f) }
 
   /// Bytes of config space the device type defines.
   static func configSize(_ d: VirtioDeviceType) -> Int {

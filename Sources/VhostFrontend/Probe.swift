@@ -43,14 +43,9 @@ public struct ProbeReport: Sendable {
     return report
   }
 
-  /// Guesses the device type from its feature bits when not given (net has MAC/MRG_RXBUF/STATUS bits,
-  /// blk has SEG_MAX/BLK_SIZE/FLUSH).
-  public var inferredDevice: VirtioDeviceType? {
-    if let device { return device }
-    if features.contains(VirtioFeatures(bit: 15)) || features.contains(VirtioFeatures(bit: 5)) { return .net }
-    if features.contains(VirtioFeatures(bit: 9)) || features.contains(VirtioFeatures(bit: 6)) { return .blk }
-    return nil
-  }
+  /// The device type: as given, else inferred from the feature bits
+  /// (`VirtioDeviceType.init(inferringFrom:)`).
+  public var inferredDevice: VirtioDeviceType? { device ?? VirtioDeviceType(inferringFrom: features) }
 
   /// Human-readable lines.
   public var text: String {

@@ -98,6 +98,24 @@ public struct VirtioFeatures: OptionSet, Hashable, Sendable {
 public enum VirtioDeviceType: String, Sendable, CaseIterable {
   case net, blk, rng
 
+  /// Infers the device type from offered feature bits, or nil. Device bits overlap between types
+  /// (bit 5 is NET_F_MAC and BLK_F_RO, bit 9 NET_F_GUEST_ECN and BLK_F_FLUSH, ...), so the bits that
+  /// settle it come first: CSUM (0), MRG_RXBUF (15) or CTRL_VQ (17) mean net (their blk namesakes —
+  /// legacy BARRIER, LIFETIME, ZONED — are rare); then SEG_MAX, BLK_SIZE, FLUSH or TOPOLOGY
+  /// (2, 6, 9, 10) mean blk; then MAC or STATUS (5, 16) mean net. rng has no bits of its own.
+  public init?(inferringFrom features: VirtioFeatures) {
+    func any(_ bits: [Int]) -> Bool { bits.contains { features.contains(VirtioFeatures(bit: $0)) } }
+    if any([0, 15, 17]) {
+      self = .net
+    } else if any([2, 6, 9, 10]) {
+      self = .blk
+    } else if any([5, 16]) {
+      self = .net
+    } else {
+      return nil
+    }
+  }
+
   /// Names of device-specific feature bits.
   public var featureNames: [Int: String] {
     switch self {

@@ -63,8 +63,10 @@ public struct UnixSocket: Sendable {
     return addr
   }
 
-  /// sendmsg(2): `bytes` with `fds` attached to the first byte; retries partial sends (without
-  /// the fds again). `timeoutMilliseconds` bounds each wait for buffer space.
+  /// sendmsg(2) with MSG_DONTWAIT: `bytes` with `fds` attached to the first byte; retries partial
+  /// sends (without the fds again). Never blocks in the kernel, even on a blocking socket: when the
+  /// buffer is full it waits in poll(2), at most `timeoutMilliseconds` each time, so a peer that
+  /// stops reading costs a timeout, not a stuck thread.
   public func send(_ bytes: [UInt8], fds: [Int32] = [], timeoutMilliseconds: Int32) throws(TransportError) {
     var sent = 0
     var first = true
@@ -95,6 +97,7 @@ public struct UnixSocket: Sendable {
     var p = pollfd(fd: fd.rawValue, events: Int16(POLLOUT), revents: 0)
     let r = poll(&p, 1, timeout)
     if r == 0 { throw .timeout("sendmsg") }
+    if r < 0 && errno != EINTR { throw .system(.current("poll")) }
   }
 
   /// Reads exactly `count` bytes (recvmsg with MSG_CMSG_CLOEXEC), waiting at most until `deadline`

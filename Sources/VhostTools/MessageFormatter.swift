@@ -219,12 +219,9 @@ public struct MessageFormatter: Sendable {
     return fields
   }
 
-  /// The probe's heuristic: net and blk have feature bits no other device offers.
+  /// The device type the offered features imply (see `VirtioDeviceType.init(inferringFrom:)`).
   static func inferDevice(_ features: UInt64) -> VirtioDeviceType? {
-    let f = VirtioFeatures(rawValue: features)
-    if f.contains(VirtioFeatures(bit: 15)) || f.contains(VirtioFeatures(bit: 5)) { return .net }
-    if f.contains(VirtioFeatures(bit: 9)) || f.contains(VirtioFeatures(bit: 6)) { return .blk }
-    return nil
+    VirtioDeviceType(inferringFrom: VirtioFeatures(rawValue: features))
   }
 
   private static func undecodable(_ error: ProtocolError, _ body: [UInt8]) -> [TraceField] {

@@ -10,7 +10,8 @@
 extern "C" {
 #endif
 
-/// Sends `len` bytes from `buf` with `nfds` descriptors from `fds` as SCM_RIGHTS in one sendmsg(2).
+/// Sends `len` bytes from `buf` with `nfds` descriptors from `fds` as SCM_RIGHTS in one sendmsg(2)
+/// (MSG_NOSIGNAL, MSG_DONTWAIT: never blocks; EAGAIN when the buffer is full).
 /// Returns bytes sent or -1 with errno set. Uses MSG_NOSIGNAL.
 ssize_t _cvh_sendmsg_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
 
