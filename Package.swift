@@ -57,6 +57,7 @@ let package = Package(
       name: "VhostFuzzTargets",
       dependencies: [
         "VhostBackend", "VhostDevices", "VhostFrontend", "VhostProtocol", "VhostSystem", "VhostTransport", "Virtqueue",
+        .product(name: "Logging", package: "swift-log"),
       ],
       swiftSettings: strict),
     .executableTarget(

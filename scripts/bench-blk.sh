@@ -5,8 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 rounds=${2:-2}
-swift build -c release --product vhost-user >/dev/null
-bin=$(swift build -c release --show-bin-path)/vhost-user
+# The deployment build (README): Swift runtime linked in, not position-independent; Foundation is not
+# linked at all (only FoundationEssentials, through swift-argument-parser).
+build=(-c release --static-swift-stdlib -Xswiftc -Xclang-linker -Xswiftc -no-pie --scratch-path .build-static)
+swift build "${build[@]}" --product vhost-user >/dev/null
+bin=$(swift build "${build[@]}" --show-bin-path)/vhost-user
 dir=$(mktemp -d)
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
 pids=()

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -172,4 +173,11 @@ int _cvh_regular_size(int fd, long long *size) {
   if (fstat(fd, &st) != 0) return -1;
   *size = (long long)st.st_size;
   return S_ISREG(st.st_mode) ? 1 : 0;
+}
+
+int _cvh_set_thread_name(const char *name) {
+  char buf[16];
+  strncpy(buf, name, sizeof buf - 1);
+  buf[sizeof buf - 1] = 0;
+  return pthread_setname_np(pthread_self(), buf);
 }

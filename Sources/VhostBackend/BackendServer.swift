@@ -1,4 +1,3 @@
-import Foundation
 import Logging
 import Synchronization
 import VhostSystem
@@ -10,7 +9,7 @@ public final class BackendServer: @unchecked Sendable {
   public let device: VhostUserDevice
   public let configuration: BackendConfiguration
   private let stopping = Atomic<Bool>(false)
-  private let lock = NSLock()
+  private let lock = Lock()
   private var current: BackendSession?
   /// Connections served so far.
   public private(set) var connectionsServed = 0
@@ -54,28 +53,31 @@ public final class BackendServer: @unchecked Sendable {
     lock.withLock { current?.shutdown() }
   }
 
-  private let finished = NSCondition()
+  private let finished = Condition()
   private var runningThread = false
 
   /// Runs the server on a thread of its own (embedding it in a process that does other things).
   public func startInBackground() {
     finished.withLock { runningThread = true }
-    let t = Thread { [self] in
-      run()
-      finished.withLock {
-        runningThread = false
-        finished.broadcast()
+    do {
+      try SystemThread.start(name: "vhost-server") { [self] in
+        run()
+        finished.withLock {
+          runningThread = false
+          finished.broadcast()
+        }
       }
+    } catch {
+      configuration.logger.error("cannot start the server thread: \(error)")
+      finished.withLock { runningThread = false }
     }
-    t.name = "vhost-user-backend-server"
-    t.start()
   }
 
   /// `stop()`, then waits until a server started with `startInBackground()` has ended.
   public func stopAndWait() {
     stop()
     finished.withLock {
-      while runningThread { _ = finished.wait(until: Date().addingTimeInterval(1)) }
+      while runningThread { _ = finished.wait(until: .after(milliseconds: 1000)) }
     }
   }
 

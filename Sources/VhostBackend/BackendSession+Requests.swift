@@ -1,8 +1,11 @@
-import Foundation
 import VhostProtocol
 import VhostSystem
 import VhostTransport
 import Virtqueue
+
+#if canImport(Glibc)
+  import Glibc
+#endif
 
 /// Every front-end request, by its spec name.
 extension BackendSession {
@@ -445,17 +448,20 @@ extension BackendSession {
     let save = t.direction == 0
     let state = save ? device.saveState() : []
     stateTransferDone.withLock { stateTransferFinished = false }
-    // The Thread is not kept: it retains its block, and a block retaining the session would leak it.
-    let thread = Thread { [weak self] in
-      let result: UInt64 = save ? Self.writeAll(fd, state) : Self.readAllAndLoad(fd, device)
-      guard let self else { return }
-      stateTransferDone.withLock {
-        stateTransferResult = result
-        stateTransferFinished = true
-        stateTransferDone.broadcast()
+    // The thread holds the session weakly: a transfer never keeps a closed session alive.
+    do {
+      try SystemThread.start(name: "vhost-state") { [weak self] in
+        let result: UInt64 = save ? Self.writeAll(fd, state) : Self.readAllAndLoad(fd, device)
+        guard let self else { return }
+        stateTransferDone.withLock {
+          stateTransferResult = result
+          stateTransferFinished = true
+          stateTransferDone.broadcast()
+        }
       }
+    } catch {
+      throw RequestFailure("no thread for the state transfer: \(error)")
     }
-    thread.start()
     // Bit 8: we do not supply an fd of our own.
     return Reply(payload: .u64(0x100))
   }
@@ -487,8 +493,8 @@ extension BackendSession {
 
   func waitStateTransfer() -> UInt64 {
     stateTransferDone.withLock {
-      let end = Date().addingTimeInterval(Double(configuration.timeoutMilliseconds) / 1000)
-      while !stateTransferFinished && Date() < end { _ = stateTransferDone.wait(until: end) }
+      let end = Deadline.after(milliseconds: configuration.timeoutMilliseconds)
+      while !stateTransferFinished && !end.hasPassed { stateTransferDone.wait(until: end) }
       return stateTransferFinished ? stateTransferResult : 1
     }
   }

@@ -1,4 +1,3 @@
-import Foundation
 import Logging
 import VhostProtocol
 import VhostSystem
@@ -62,9 +61,9 @@ public final class BackendSession: @unchecked Sendable {
   var inflight: InflightRegion?
   var status: UInt8 = 0
   var backendChannel: MessageChannel?
-  let backendChannelLock = NSLock()
+  let backendChannelLock = Lock()
   var stateTransferResult: UInt64 = 0
-  let stateTransferDone = NSCondition()
+  let stateTransferDone = Condition()
   var stateTransferFinished = true
   /// Requests refused, for tests and diagnostics.
   public private(set) var refusals: [String] = []

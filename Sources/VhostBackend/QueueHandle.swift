@@ -1,4 +1,3 @@
-import Foundation
 import VhostProtocol
 import VhostSystem
 import Virtqueue
@@ -9,7 +8,7 @@ import Virtqueue
 /// processes it; `lock` keeps them apart.
 public final class QueueHandle: @unchecked Sendable {
   public let index: Int
-  let lock = NSLock()
+  let lock = Lock()
   // Configuration (control thread, under lock).
   var size: UInt16 = 0
   var address: VringAddress?
@@ -32,7 +31,7 @@ public final class QueueHandle: @unchecked Sendable {
   // Asynchronous completions: filled from any thread under `completionLock`, pushed to the used
   // ring by the worker (under `lock`). `generation` changes whenever the ring is reset or stopped,
   // so a completion for a ring that no longer exists is dropped instead of corrupting a new one.
-  let completionLock = NSCondition()
+  let completionLock = Condition()
   var pendingCompletions: [(chain: DescriptorChain, written: Int, generation: UInt64)] = []
   var generation: UInt64 = 0
   /// Requests handed to `asyncCompletion` and not yet completed (under `lock`).
@@ -148,16 +147,16 @@ public final class QueueHandle: @unchecked Sendable {
   /// completion has completed (GET_VRING_BASE). Returns false on timeout.
   func quiesce(milliseconds: Int) -> Bool {
     lock.withLock { started = false }
-    let end = Date().addingTimeInterval(Double(milliseconds) / 1000)
+    let end = Deadline.after(milliseconds: milliseconds)
     while true {
       let idle: Bool = lock.withLock {
         flushCompletions()
         return outstanding == 0
       }
       if idle { return true }
-      if Date() >= end { return false }
+      if end.hasPassed { return false }
       completionLock.withLock {
-        if pendingCompletions.isEmpty { _ = completionLock.wait(until: Date().addingTimeInterval(0.05)) }
+        if pendingCompletions.isEmpty { _ = completionLock.wait(until: .after(milliseconds: 50)) }
       }
     }
   }

@@ -1,4 +1,3 @@
-import Foundation
 import Synchronization
 import VhostSystem
 
@@ -15,7 +14,7 @@ final class QueueWorker: @unchecked Sendable {
   /// Whether the thread was started (the Thread object itself is not kept: it retains its
   /// closure, which retains us — a cycle that leaked every worker and its descriptors).
   private var threadStarted = false
-  private let finished = NSCondition()
+  private let finished = Condition()
   private var done = false
 
   init(queues: [QueueHandle], device: VhostUserDevice, poll: Bool) throws(SystemError) {
@@ -25,17 +24,20 @@ final class QueueWorker: @unchecked Sendable {
     wakeup = try EventFD()
   }
 
-  func start() {
-    let t = Thread { [self] in
-      self.run()
-      self.finished.withLock {
-        self.done = true
-        self.finished.broadcast()
-      }
-    }
-    t.name = "vhost-user-queue-\(queues.first?.index ?? 0)"
+  func start() throws(SystemError) {
     threadStarted = true
-    t.start()
+    do {
+      try SystemThread.start(name: "vhost-queue-\(queues.first?.index ?? 0)") { [self] in
+        self.run()
+        self.finished.withLock {
+          self.done = true
+          self.finished.broadcast()
+        }
+      }
+    } catch {
+      threadStarted = false
+      throw error
+    }
   }
 
   /// Re-reads the queues' kick fds and states, and services every ring once.
@@ -51,7 +53,7 @@ final class QueueWorker: @unchecked Sendable {
     stopping.store(true, ordering: .releasing)
     try? wakeup.signal()
     finished.withLock {
-      while !done && threadStarted { _ = finished.wait(until: Date().addingTimeInterval(1)) }
+      while !done && threadStarted { _ = finished.wait(until: .after(milliseconds: 1000)) }
     }
   }
 
@@ -118,10 +120,13 @@ extension BackendSession {
       groups[groups.count - 1].append(q)
     }
     for g in groups {
-      if let w = try? QueueWorker(queues: g, device: device, poll: configuration.poll) {
+      do {
+        let w = try QueueWorker(queues: g, device: device, poll: configuration.poll)
+        try w.start()
         for q in g { q.worker = w }
         workers.append(w)
-        w.start()
+      } catch {
+        log.error("no worker for queues \(g.map(\.index)): \(error)")
       }
     }
   }

@@ -1,26 +1,30 @@
-import Foundation
+import VhostSystem
 
 /// A fixed set of threads running submitted jobs (devices doing blocking I/O off the queue worker).
 public final class WorkerPool: @unchecked Sendable {
-  private let condition = NSCondition()
+  private let condition = Condition()
   private var jobs: [@Sendable () -> Void] = []
   private var head = 0
   private var stopping = false
   private var running = 0
-  public let threadCount: Int
+  /// Threads actually started (fewer than asked for if the system refused some).
+  public private(set) var threadCount = 0
 
-  public init(threads: Int, name: String = "vhost-user-io") {
-    threadCount = threads
+  public init(threads: Int, name: String = "vhost-io") {
     for i in 0..<threads {
-      let t = Thread { [self] in work() }
-      t.name = "\(name)-\(i)"
       condition.withLock { running += 1 }
-      t.start()
+      do {
+        try SystemThread.start(name: "\(name)-\(i)") { [self] in work() }
+        threadCount += 1
+      } catch {
+        condition.withLock { running -= 1 }
+      }
     }
   }
 
-  /// Queues `job`; one of the threads runs it.
+  /// Queues `job`; one of the threads runs it (or the caller, if no thread could be started).
   public func submit(_ job: @escaping @Sendable () -> Void) {
+    guard threadCount > 0 else { return job() }
     condition.withLock {
       jobs.append(job)
       condition.signal()

@@ -1,4 +1,3 @@
-import Foundation
 import VhostBackend
 import VhostProtocol
 import VhostSystem
@@ -14,7 +13,7 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
   public static let sectorSize: UInt64 = 512
   static let segMax: UInt32 = 126
   static let maxDiscardSectors: UInt32 = 1 << 22
-  private let lock = NSLock()
+  private let lock = Lock()
   private var _stats = Stats()
 
   /// Status bytes.

@@ -1,4 +1,3 @@
-import Foundation
 import VhostBackend
 import VhostProtocol
 import VhostSystem
@@ -16,7 +15,7 @@ public final class NetDevice: VhostUserDevice, @unchecked Sendable {
   public let mac: [UInt8]
   public let mtu: UInt16
   public let txFrameSize: Int
-  private let lock = NSLock()
+  private let lock = Lock()
   private var acked: VirtioFeatures = []
   private var counters: [PortCounters]
 

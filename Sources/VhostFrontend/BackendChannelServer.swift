@@ -1,4 +1,3 @@
-import Foundation
 import VhostProtocol
 import VhostSystem
 import VhostTransport
@@ -12,7 +11,7 @@ public final class BackendChannelServer: @unchecked Sendable {
   /// server keeps no reference to the connection: it answers while a front-end request is
   /// outstanding, and the connection is never freed on this thread.
   let replyAck: Bool
-  private let lock = NSLock()
+  private let lock = Lock()
   private var _configChanges = 0
   private var _vringCalls: [UInt32: Int] = [:]
   private var _vringErrors: [UInt32: Int] = [:]
@@ -21,7 +20,7 @@ public final class BackendChannelServer: @unchecked Sendable {
   /// Whether the thread was started (the Thread object itself is not kept: it retains its
   /// closure, which retains us — a cycle that leaked every worker and its descriptors).
   private var threadStarted = false
-  private let done = NSCondition()
+  private let done = Condition()
   private var finished = false
   /// Called (on the channel thread) for each BACKEND_CONFIG_CHANGE_MSG.
   public var onConfigChange: (@Sendable () -> Void)?
@@ -37,16 +36,18 @@ public final class BackendChannelServer: @unchecked Sendable {
   }
 
   func start() {
-    let t = Thread { [self] in
-      self.run()
-      self.done.lock()
-      self.finished = true
-      self.done.broadcast()
-      self.done.unlock()
-    }
-    t.name = "vhost-user-backend-channel"
     threadStarted = true
-    t.start()
+    do {
+      try SystemThread.start(name: "vhost-be-channel") { [self] in
+        self.run()
+        self.done.lock()
+        self.finished = true
+        self.done.broadcast()
+        self.done.unlock()
+      }
+    } catch {
+      threadStarted = false
+    }
   }
 
   /// Stops serving and waits for the thread to end.
@@ -54,7 +55,7 @@ public final class BackendChannelServer: @unchecked Sendable {
     channel.socket.shutdown()
     guard threadStarted else { return }
     done.lock()
-    while !finished { _ = done.wait(until: Date().addingTimeInterval(1)) }
+    while !finished { _ = done.wait(until: .after(milliseconds: 1000)) }
     done.unlock()
   }
 

@@ -1,7 +1,10 @@
-import Foundation
 import VhostProtocol
 import VhostSystem
 import Virtqueue
+
+#if canImport(Glibc)
+  import Glibc
+#endif
 
 /// Drives any vhost-user-blk back-end like fio: `iodepth` requests kept in flight per queue,
 /// random or sequential, reads or writes; reports IOPS, bandwidth and latency percentiles.

@@ -1,4 +1,3 @@
-import Foundation
 import Logging
 import VhostProtocol
 import VhostSystem
@@ -55,9 +54,9 @@ public final class VhostUserConnection: @unchecked Sendable {
   public let channel: MessageChannel
   public let configuration: FrontendConfiguration
   /// Guards the negotiated state (short critical sections only).
-  let lock = NSLock()
+  let lock = Lock()
   /// Keeps each request and its reply together; never taken while `lock` is held.
-  let requestLock = NSLock()
+  let requestLock = Lock()
   private var _state = NegotiatedState()
   /// Set once a request failed on the wire: the stream may be out of step, so the connection is
   /// shut down and every later request fails at once (the spec: a front-end that gets no valid

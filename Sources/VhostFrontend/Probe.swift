@@ -1,4 +1,3 @@
-import Foundation
 import VhostProtocol
 import VhostSystem
 
@@ -94,7 +93,15 @@ public struct ProbeReport: Sendable {
   /// One JSON object.
   public var json: String {
     func str(_ s: String) -> String {
-      "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+      var out = "\""
+      for c in s {
+        switch c {
+        case "\\": out += "\\\\"
+        case "\"": out += "\\\""
+        default: out.append(c)
+        }
+      }
+      return out + "\""
     }
     func list(_ a: [String]) -> String { "[" + a.map(str).joined(separator: ",") + "]" }
     let dev = inferredDevice

@@ -1,3 +1,4 @@
+import Logging
 @_spi(Fuzzing) import VhostBackend
 import VhostDevices
 @_spi(Fuzzing) import VhostFrontend
@@ -119,6 +120,9 @@ enum FuzzBackend {
       configuration: {
         var c = BackendConfiguration()
         c.timeoutMilliseconds = 10
+        // Refusals are the expected outcome of most inputs; logging each one would cost more than
+        // the run itself (and fill the disk).
+        c.logger.logLevel = .critical
         return c
       }())
     var input = FuzzInput(data)

@@ -1,5 +1,5 @@
 import CVhostShim
-import Foundation
+import FoundationEssentials
 import VhostSystem
 
 #if canImport(Glibc)
@@ -13,12 +13,12 @@ public final class ManagedProcess: @unchecked Sendable {
   public let logPath: String
   public let name: String
   public let pid: Int32
-  private let lock = NSLock()
+  private let lock = Lock()
   private var exitStatus: Int32?
 
   /// Starts `executable` with `arguments`, logging stdout+stderr to `logPath`.
   public init(_ executable: String, _ arguments: [String], logPath: String) throws {
-    name = (executable as NSString).lastPathComponent
+    name = String(executable.split(separator: "/").last ?? Substring(executable))
     self.logPath = logPath
     let log = open(logPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
     guard log >= 0 else { throw SystemError.current("open(\(logPath))") }
@@ -103,7 +103,7 @@ public final class ManagedProcess: @unchecked Sendable {
 public final class TemporaryDirectory: @unchecked Sendable {
   public let path: String
   public init(prefix: String = "vhost-user") throws {
-    var template = Array((NSTemporaryDirectory() + "/\(prefix).XXXXXX").utf8CString)
+    var template = Array(((ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp") + "/\(prefix).XXXXXX").utf8CString)
     guard let p = mkdtemp(&template) else { throw CocoaError(.fileWriteUnknown) }
     path = String(cString: p)
   }
@@ -163,11 +163,14 @@ public func startTestpmd(
 /// The last "RX-packets: N" (or TX-packets) figure testpmd printed for port 0.
 public func testpmdCounter(_ output: String, _ field: String = "RX-packets") -> Int? {
   var last: Int?
-  var rest = Substring(output)
-  while let r = rest.range(of: field + ":") {
-    rest = rest[r.upperBound...]
-    let digits = rest.drop { $0 == " " }.prefix { $0.isNumber }
-    if let n = Int(digits) { last = n }
+  let key = field + ":"
+  for line in output.split(separator: "\n") {
+    var rest = line[...]
+    while let start = rest.firstRange(of: key) {
+      rest = rest[start.upperBound...]
+      let digits = rest.drop { $0 == " " }.prefix { $0.isNumber }
+      if let n = Int(digits) { last = n }
+    }
   }
   return last
 }

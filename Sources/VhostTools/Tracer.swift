@@ -1,4 +1,3 @@
-import Foundation
 import Synchronization
 import VhostProtocol
 import VhostSystem
@@ -29,14 +28,14 @@ public final class Tracer: @unchecked Sendable {
   private let origin = Tracer.now()
   private let stopping = Atomic<Bool>(false)
   /// Guards the session table and counters.
-  private let lock = NSLock()
+  private let lock = Lock()
   private var sessions: [Int: TraceSession] = [:]
   private var accepted = 0
   /// Serialises reporting: decoding state, timestamps and sink calls (lines never interleave, and
   /// their times never go backwards).
-  private let reportLock = NSLock()
+  private let reportLock = Lock()
   /// Threads still running (the accept loop when started in the background, and every relay).
-  private let threads = NSCondition()
+  private let threads = Condition()
   private var liveThreads = 0
 
   /// A tracer taking front-ends on `listener` and connecting each to the back-end at `connectPath`.
@@ -118,7 +117,7 @@ public final class Tracer: @unchecked Sendable {
   public func stopAndWait() {
     stop()
     threads.withLock {
-      while liveThreads > 0 { _ = threads.wait(until: Date().addingTimeInterval(1)) }
+      while liveThreads > 0 { _ = threads.wait(until: .after(milliseconds: 1000)) }
     }
   }
 
@@ -259,15 +258,20 @@ public final class Tracer: @unchecked Sendable {
   /// Starts a thread that is counted until it ends (the Thread object is not kept).
   private func spawn(_ name: String, _ body: @escaping @Sendable () -> Void) {
     threads.withLock { liveThreads += 1 }
-    let t = Thread { [self] in
-      body()
+    do {
+      try SystemThread.start(name: name) { [self] in
+        body()
+        threads.withLock {
+          liveThreads -= 1
+          threads.broadcast()
+        }
+      }
+    } catch {
       threads.withLock {
         liveThreads -= 1
         threads.broadcast()
       }
     }
-    t.name = name
-    t.start()
   }
 }
 
@@ -278,7 +282,7 @@ final class TraceSession: @unchecked Sendable {
   let back: UnixSocket
   /// Used under the tracer's report lock only.
   var formatter: MessageFormatter
-  private let lock = NSLock()
+  private let lock = Lock()
   private var closed = false
   private var taps: [BackendChannelTap] = []
   private var relaysRunning = 2
@@ -326,7 +330,7 @@ final class TraceSession: @unchecked Sendable {
 final class BackendChannelTap: @unchecked Sendable {
   let frontEnd: UnixSocket
   let ours: UnixSocket
-  private let lock = NSLock()
+  private let lock = Lock()
   private var closed = false
 
   init(frontEnd: UnixSocket, ours: UnixSocket) {

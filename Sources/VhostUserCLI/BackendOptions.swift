@@ -1,5 +1,4 @@
 import ArgumentParser
-import Foundation
 import Logging
 import VhostBackend
 import VhostSystem
@@ -77,7 +76,7 @@ enum SignalThread {
     sigaddset(&set, SIGTERM)
     sigaddset(&set, SIGINT)
     pthread_sigmask(SIG_BLOCK, &set, nil)
-    let t = Thread {
+    try? SystemThread.start(name: "vhost-signals") {
       var s = sigset_t()
       sigemptyset(&s)
       sigaddset(&s, SIGTERM)
@@ -86,6 +85,5 @@ enum SignalThread {
       sigwait(&s, &sig)
       onSignal()
     }
-    t.start()
   }
 }

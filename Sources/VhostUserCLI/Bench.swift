@@ -1,7 +1,7 @@
 import ArgumentParser
-import Foundation
 import VhostFrontend
 import VhostProtocol
+import VhostSystem
 
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -44,15 +44,14 @@ struct BenchBlk: ParsableCommand {
     _ = try? device.stop()
     if json {
       print(
-        String(
-          format:
-            "{\"iops\":%.0f,\"mbps\":%.1f,\"p50_us\":%.0f,\"p99_us\":%.0f,\"ios\":%d,\"errors\":%d,\"seconds\":%.2f}",
-          r.iops, r.megabytesPerSecond, r.p50Microseconds, r.p99Microseconds, r.ios, r.errors, r.seconds))
+        "{\"iops\":\(decimal(r.iops, 0)),\"mbps\":\(decimal(r.megabytesPerSecond, 1)),"
+          + "\"p50_us\":\(decimal(r.p50Microseconds, 0)),\"p99_us\":\(decimal(r.p99Microseconds, 0)),"
+          + "\"ios\":\(r.ios),\"errors\":\(r.errors),\"seconds\":\(decimal(r.seconds, 2))}")
     } else {
       print(
-        String(
-          format: "\(rw) bs=%d iodepth=%d queues=%d: %.0f IOPS, %.1f MB/s, p50 %.0f us, p99 %.0f us, %d errors",
-          bs, iodepth, queues, r.iops, r.megabytesPerSecond, r.p50Microseconds, r.p99Microseconds, r.errors))
+        "\(rw) bs=\(bs) iodepth=\(iodepth) queues=\(queues): \(decimal(r.iops, 0)) IOPS, "
+          + "\(decimal(r.megabytesPerSecond, 1)) MB/s, p50 \(decimal(r.p50Microseconds, 0)) us, "
+          + "p99 \(decimal(r.p99Microseconds, 0)) us, \(r.errors) errors")
     }
   }
 }

@@ -1,7 +1,7 @@
 import ArgumentParser
-import Foundation
 import VhostConformance
 import VhostProtocol
+import VhostSystem
 
 struct Check: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -29,7 +29,7 @@ struct Check: ParsableCommand {
     let checker = ConformanceChecker(socketPath: socketPath, timeoutMilliseconds: timeout, device: type)
     let json = self.json
     // Unbuffered: each result shows as soon as it is known.
-    let emit: @Sendable (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
+    let emit: @Sendable (String) -> Void = { writeStandardOutput($0 + "\n") }
     checker.progress = { result in emit(json ? result.json : result.text) }
     let results = checker.run()
     let summary = CheckSummary(results)

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Foundation
 import VhostBackend
 import VhostDevices
 import VhostFrontend
@@ -19,10 +18,7 @@ struct Demo: ParsableCommand {
     guard sizeMib >= 16 else { throw ValidationError("--size-mib must be at least 16") }
     let dir = try TemporaryDirectory(prefix: "vhost-user-demo")
     let image = dir.file("disk.img")
-    _ = FileManager.default.createFile(atPath: image, contents: nil)
-    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: image))
-    try handle.truncate(atOffset: UInt64(sizeMib) << 20)
-    try handle.close()
+    try createSparseFile(image, size: UInt64(sizeMib) << 20)
     let socket = dir.file("blk.sock")
     var server: BackendServer?
     var peer: ManagedProcess?
@@ -79,27 +75,24 @@ struct Demo: ParsableCommand {
     for o in offsets {
       guard try blk.read(offset: o, length: data.count) == data else { throw CLIError("read-back mismatch at \(o)") }
     }
-    let h = try FileHandle(forReadingFrom: URL(fileURLWithPath: image))
     for o in offsets {
-      try h.seek(toOffset: o)
-      guard [UInt8](try h.read(upToCount: data.count) ?? Data()) == data else {
+      guard try readFileBytes(image, offset: o, count: data.count) == data else {
         throw CLIError("image file differs at \(o)")
       }
     }
-    try h.close()
     print("wrote 1 MiB at \(offsets.count) offsets, flushed, read back through the ring and from the image: identical")
 
     print("== 4 KiB random reads, queue depth 1, \(seconds) s")
     let sectors = UInt64(sizeMib) << 11
     var ios = 0
-    let start = Date()
+    let start = monotonicSeconds()
     var rng = SystemRandomNumberGenerator()
-    while Date().timeIntervalSince(start) < seconds {
+    while monotonicSeconds() - start < seconds {
       _ = try blk.read(offset: UInt64.random(in: 0..<(sectors / 8), using: &rng) * 4096, length: 4096)
       ios += 1
     }
-    let elapsed = Date().timeIntervalSince(start)
-    print(String(format: "%d reads in %.2f s: %.0f IOPS", ios, elapsed, Double(ios) / elapsed))
+    let elapsed = monotonicSeconds() - start
+    print("\(ios) reads in \(decimal(elapsed, 2)) s: \(Int((Double(ios) / elapsed).rounded())) IOPS")
     _ = try device.stop()
     print("== done; cleaning up")
   }

@@ -69,6 +69,9 @@ ssize_t _cvh_getrandom(void *buf, size_t len);
 /// accept4(2) with SOCK_CLOEXEC.
 int _cvh_accept_cloexec(int fd);
 
+/// Names the calling thread (pthread_setname_np(3); at most 15 bytes are kept).
+int _cvh_set_thread_name(const char *name);
+
 #ifdef __cplusplus
 }
 #endif
