@@ -8,9 +8,10 @@ secs=${1:-30}
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(decode backend splitRing packedRing frontend devices)
-swift build --product vhost-fuzz --sanitize fuzzer -Xswiftc -parse-as-library -Xswiftc -DFUZZING \
+# Optimized (-O keeps Swift's bounds and overflow checks): 5-10x the executions of a debug build.
+swift build -c release --product vhost-fuzz --sanitize fuzzer -Xswiftc -parse-as-library -Xswiftc -DFUZZING \
   --scratch-path .build-fuzz >/dev/null
-bin=$(swift build --sanitize fuzzer --scratch-path .build-fuzz --show-bin-path)/vhost-fuzz
+bin=$(swift build -c release --sanitize fuzzer --scratch-path .build-fuzz --show-bin-path)/vhost-fuzz
 export SWIFT_BACKTRACE=enable=no
 status=0
 for t in "${targets[@]}"; do

@@ -153,15 +153,33 @@ enum FuzzBackend {
   }
 }
 
+/// The 64 KiB guest memory image the ring and device fuzzers run over: one memfd mapped once for the
+/// whole run (a memfd and two mmaps per input cost more than the walk itself), overwritten with each
+/// input and zero-filled after it, so every run starts from the input alone.
+enum FuzzImage {
+  static let size = 65536
+  static let shared: (SharedMemory, GuestMemory)? = {
+    guard let mem = try? SharedMemory(anonymous: "fuzz-image", size: size),
+      let memory = try? GuestMemory().adding(
+        MemoryRegion(guestPhysAddr: 0, memorySize: UInt64(size), userAddr: 0x10_0000, mmapOffset: 0), fd: mem.fd,
+        limit: 8)
+    else { return nil }
+    return (mem, memory)
+  }()
+  static let zeros = [UInt8](repeating: 0, count: size)
+
+  static func load(_ mem: SharedMemory, _ bytes: [UInt8]) {
+    let n = min(bytes.count, size)
+    try? mem.write(bytes.prefix(n), at: 0)
+    if n < size { try? mem.write(zeros[n...], at: UInt64(n)) }
+  }
+}
+
 enum FuzzRing {
   /// Guest memory 64 KiB at GPA 0 filled with the input; ring geometry from the first bytes.
   static func run(_ data: [UInt8], packed: Bool) {
-    guard data.count >= 8, let mem = try? SharedMemory(anonymous: "fuzz-ring", size: 65536) else { return }
-    try? mem.write(data.prefix(65536), at: 0)
-    guard
-      let memory = try? GuestMemory().adding(
-        MemoryRegion(guestPhysAddr: 0, memorySize: 65536, userAddr: 0x10_0000, mmapOffset: 0), fd: mem.fd, limit: 8)
-    else { return }
+    guard data.count >= 8, let (mem, memory) = FuzzImage.shared else { return }
+    FuzzImage.load(mem, data)
     var input = FuzzInput(data)
     let size = UInt16(1) << UInt16(input.byte() % 9)  // 1...256
     let desc = UInt64(input.u16() & 0xfff0)
@@ -210,14 +228,10 @@ enum FuzzFrontend {
 enum FuzzDevices {
   /// First byte: which device and queue; the rest is the guest memory image, as for the ring fuzzers.
   static func run(_ data: [UInt8]) {
-    guard data.count >= 9, let mem = try? SharedMemory(anonymous: "fuzz-dev", size: 65536) else { return }
+    guard data.count >= 9, let (mem, memory) = FuzzImage.shared else { return }
     let which = data[0]
     let image = Array(data.dropFirst())
-    try? mem.write(image.prefix(65536), at: 0)
-    guard
-      let memory = try? GuestMemory().adding(
-        MemoryRegion(guestPhysAddr: 0, memorySize: 65536, userAddr: 0x10_0000, mmapOffset: 0), fd: mem.fd, limit: 8)
-    else { return }
+    FuzzImage.load(mem, image)
     var input = FuzzInput(image)
     let size = UInt16(1) << UInt16(input.byte() % 7)
     let config = RingConfiguration(

@@ -97,6 +97,11 @@ public final class SharedMemory: @unchecked Sendable {
 
   public func write(_ bytes: some Collection<UInt8>, at offset: UInt64) throws(MemoryAccessError) {
     try check(offset, bytes.count)
+    // Arrays and slices: one memcpy.
+    let copied: Void? = bytes.withContiguousStorageIfAvailable { src in
+      if let p = src.baseAddress { (base + Int(offset)).copyMemory(from: p, byteCount: src.count) }
+    }
+    if copied != nil { return }
     var i = Int(offset)
     for b in bytes {
       base.storeBytes(of: b, toByteOffset: i, as: UInt8.self)
