@@ -91,5 +91,52 @@ extension FrontendTests {
       #expect(ackWhileBusy.get() == "ack 0")
       finish(connection, fake)
     }
+
+    /// A hostile back-end floods the back-end channel: thousands of requests, fds attached where they
+    /// may be (host notifiers), garbage codes and a shared-object table attack. The front-end keeps
+    /// serving its own requests, holds a bounded amount of state, and closes every fd it was sent.
+    @Test func backendChannelFloodIsBoundedAndLeaksNothing() throws {
+      let stash = Shared<OwnedFD?>(nil)
+      let fake = try Self.fake(stash: stash)
+      let connection = fake.connect()
+      let view = connection.device()
+      try view.negotiate()
+      let server = try #require(view.backendChannel)
+      let channel = MessageChannel(socket: UnixSocket(try #require(stash.take())), timeoutMilliseconds: 5000)
+      let notifier = try SharedMemory(anonymous: "flood-notifier", size: 4096)
+      let rounds = 2000
+      for i in 0..<rounds {
+        try channel.send(BackendMessage(.configChange))
+        var uuid = [UInt8](repeating: 0, count: 16)
+        withUnsafeBytes(of: UInt64(i).littleEndian) { for (k, b) in $0.enumerated() { uuid[k] = b } }
+        uuid[15] = 0xf1
+        for _ in 0..<3 {  // 6000 distinct objects offered: more than the table holds
+          uuid[14] &+= 1
+          try channel.send(BackendMessage(.sharedObjectAdd, payload: .sharedObject(SharedObject(uuid: uuid))))
+        }
+        // A host notifier with an fd (we do not map host notifiers: refused, the fd closed).
+        let area = VringArea(indexAndFlags: 0, size: 4096, offset: 0)
+        let dup = try notifier.fd.duplicate()
+        try channel.send(BackendMessage(.vringHostNotifier, payload: .vringArea(area)), fds: [dup])
+        // An unknown code with a body.
+        try channel.send(BackendMessage(BackendRequest(rawValue: 200 + UInt32(i % 50)), payload: .opaque([1, 2, 3])))
+      }
+      // The channel is in order: once this is acked, everything before it was handled.
+      let last = try Self.ask(channel, BackendMessage(.configChange, flags: [.version1, .needReply]))
+      #expect(last == 0)
+      #expect(server.configChanges == rounds + 1)
+      #expect(server.sharedObjects.count == 4096, "the shared-object table is bounded")
+      #expect(server.rejectedCount == rounds * 2, "every host notifier and unknown code refused")
+      // One more object, acked: the full table refuses it.
+      let extra = SharedObject(uuid: [UInt8](repeating: 0xee, count: 16))
+      let full = try Self.ask(
+        channel, BackendMessage(.sharedObjectAdd, flags: [.version1, .needReply], payload: .sharedObject(extra)))
+      #expect(full != nil && full != 0)
+      #expect(server.rejected.count <= 64, "the rejection log is bounded")
+      #expect(openDescriptors(linkingTo: "flood-notifier") == 1, "only our own descriptor is left")
+      // The front-end still works.
+      #expect(try view.getFeatures().rawValue != 0)
+      finish(connection, fake)
+    }
   }
 }
