@@ -17,6 +17,13 @@ for f in "$reports"/check-ours-*.txt; do grep -q '^summary: .* 0 failed' "$f" ||
 # The blk benchmark against qemu-storage-daemon, same image, same settings, one run (figures only:
 # performance is judged from BENCHMARKS.md runs, not asserted here).
 bash scripts/bench-blk.sh "${BENCH_SECONDS:-2}" 1
+# ThreadSanitizer over the concurrency tests (back-end workers, front-end channels, the tracer's relay).
+# Locks are pthread mutexes (VhostSystem.Lock/Locked), which TSan understands; any report fails the run.
+if [ "${SKIP_TSAN:-0}" != 1 ]; then
+  swift build --build-tests --sanitize=thread --scratch-path .build-tsan
+  TSAN_OPTIONS="halt_on_error=1" swift test --skip-build --sanitize=thread --scratch-path .build-tsan --no-parallel \
+    --filter 'BackendTests|VhostFrontendTests|TraceRelay'
+fi
 if [ "${SKIP_ASAN:-0}" != 1 ]; then
   # XCTest's own allocations trip LeakSanitizer; leaks are checked by the fd/RSS soak tests instead.
   ASAN_OPTIONS=detect_leaks=0 swift test --sanitize=address --scratch-path .build-asan --no-parallel

@@ -1,3 +1,4 @@
+import Synchronization
 import VhostProtocol
 import VhostSystem
 import Virtqueue
@@ -41,10 +42,22 @@ public final class QueueHandle: @unchecked Sendable {
   var budget = 0
   /// The last service call stopped because of the budget (there may be more work).
   var budgetExhausted = false
-  // Counters (worker thread).
-  public private(set) var chainsCompleted = 0
-  public private(set) var chainErrors = 0
-  public private(set) var lastChainError: ChainError?
+  // Counters: written by the worker, read from any thread.
+  private let completedCount = Atomic<Int>(0)
+  private let errorCount = Atomic<Int>(0)
+  private let lastErrorLock = Lock()
+  private var _lastChainError: ChainError?
+  /// Chains completed on the used ring.
+  public var chainsCompleted: Int { completedCount.load(ordering: .relaxed) }
+  /// Malformed chains (dropped or returned with length 0).
+  public var chainErrors: Int { errorCount.load(ordering: .acquiring) }
+  /// The most recent chain error (set before `chainErrors` counts it).
+  public var lastChainError: ChainError? { lastErrorLock.withLock { _lastChainError } }
+
+  private func countError(_ error: ChainError) {
+    lastErrorLock.withLock { _lastChainError = error }
+    errorCount.add(1, ordering: .releasing)
+  }
 
   init(index: Int) { self.index = index }
 
@@ -91,8 +104,7 @@ public final class QueueHandle: @unchecked Sendable {
       do {
         return try ring.pop()
       } catch {
-        chainErrors += 1
-        lastChainError = error
+        countError(error)
         signalError()
         if case .availIndexJump = error { return nil }
         if case .ringNotReady = error { return nil }
@@ -105,10 +117,9 @@ public final class QueueHandle: @unchecked Sendable {
     guard let ring else { return }
     do {
       try ring.push(chain, length: UInt32(clamping: written))
-      chainsCompleted += 1
+      completedCount.add(1, ordering: .relaxed)
     } catch {
-      chainErrors += 1
-      lastChainError = error
+      countError(error)
     }
   }
 

@@ -131,3 +131,19 @@ extension Deadline {
     return Deadline.now() >= nanoseconds
   }
 }
+
+/// A value guarded by a `Lock` (Synchronization's `Mutex` without its ThreadSanitizer false
+/// positive: TSan understands pthread mutexes).
+public final class Locked<Value>: @unchecked Sendable {
+  private let lock = Lock()
+  private var value: Value
+
+  public init(_ value: Value) { self.value = value }
+
+  /// Runs `body` with exclusive access to the value.
+  public func withLock<T, E: Error>(_ body: (inout Value) throws(E) -> T) throws(E) -> T {
+    lock.lock()
+    defer { lock.unlock() }
+    return try body(&value)
+  }
+}

@@ -34,11 +34,11 @@ final class EchoDevice: VhostUserDevice {
   let configSpace: [UInt8] = (0..<16).map { UInt8(0xc0 + $0) }
   /// What `saveState` hands out and `loadState` accepts.
   let savedState: [UInt8] = Array("echo-device-state:v1".utf8) + (0..<64).map { UInt8($0 * 3 & 0xff) }
-  private let counters: Mutex<Counters>
+  private let counters: Locked<Counters>
 
   init(queues: Int = 1) {
     queueCount = queues
-    counters = Mutex(Counters(chains: Array(repeating: 0, count: queues)))
+    counters = Locked(Counters(chains: Array(repeating: 0, count: queues)))
   }
 
   var features: VirtioFeatures { .version1 }
@@ -510,7 +510,7 @@ final class RawClient {
 /// everything it opened before it returns.
 final class MessageRelay: @unchecked Sendable {
   let path: String
-  private let counts = Mutex<[UInt32: Int]>([:])
+  private let counts = Locked<[UInt32: Int]>([:])
   private let state = NSCondition()
   private var listener: UnixListener?
   private var channels: [MessageChannel] = []

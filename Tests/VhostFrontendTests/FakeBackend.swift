@@ -197,8 +197,8 @@ final class FakeBackend: Sendable {
 
 /// A lock-protected value shared between a test and a fake's responder.
 final class Shared<Value: Sendable>: Sendable {
-  private let value: Mutex<Value>
-  init(_ initial: Value) { value = Mutex(initial) }
+  private let value: Locked<Value>
+  init(_ initial: Value) { value = Locked(initial) }
   func get() -> Value { value.withLock { $0 } }
   func set(_ new: Value) { value.withLock { $0 = new } }
   func take<T>() -> T? where Value == T? {
