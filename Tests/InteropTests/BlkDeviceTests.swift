@@ -6,6 +6,7 @@ import VhostFrontend
 import VhostProtocol
 import VhostSystem
 import VhostTooling
+import Virtqueue
 
 /// Our blk back-end driven by our front-end: every request type, and malformed requests.
 @Suite(.serialized)
@@ -87,6 +88,77 @@ struct BlkDeviceTests {
       #expect(try blk.read(offset: 0, length: 4096) == d)
       #expect(device.stats.errors >= 4)
       #expect(device.stats.unsupported >= 2)
+    }
+  }
+
+  @Test(
+    "hostile chains: buffer outside guest memory, zero-length or read-only status, 2^32 sectors: error or dropped, image unchanged"
+  )
+  func hostileChains() throws {
+    try Self.withDisk { blk, image, device in
+      let g = blk.device.memory
+      let before = try readFile(image, offset: 0, count: Self.size)
+      let header = try g.allocate(16)
+      let data = try g.allocate(4096)
+      let status = try g.allocate(64)
+      try g.memory.write(pattern(4096, seed: 0x33), at: data)
+      func request(type: UInt32, sector: UInt64) throws {
+        try g.memory.store(type, at: header)
+        try g.memory.store(UInt32(0), at: header + 4)
+        try g.memory.store(sector, at: header + 8)
+        try g.memory.store(UInt8(0xee), at: status)
+      }
+      /// Submits `chain` and returns its used length and the status byte the device left.
+      func submit(_ chain: [DriverBuffer]) throws -> (used: UInt32, status: UInt8) {
+        _ = try blk.queue.ring.add(chain)
+        try blk.queue.notifyIfNeeded()
+        let used = try blk.queue.waitUsed(timeoutMilliseconds: 5000)
+        #expect(used.count == 1)
+        return (used.first?.length ?? 0xffff_ffff, try g.memory.load(UInt8.self, at: status))
+      }
+      let hdr = DriverBuffer(guestAddress: g.gpa(header), length: 16, deviceWritable: false)
+      let out = DriverBuffer(guestAddress: g.gpa(data), length: 4096, deviceWritable: false)
+      let st = DriverBuffer(guestAddress: g.gpa(status), length: 1, deviceWritable: true)
+      let errorsBefore = device.stats.errors
+
+      // A write whose data descriptor points outside guest memory: the chain is refused whole.
+      try request(type: 1, sector: 8)
+      let outside = try submit([
+        hdr, DriverBuffer(guestAddress: 0x7fff_0000_0000, length: 4096, deviceWritable: false), st,
+      ])
+      #expect(outside.used == 0 && outside.status == 0xee, "\(outside)")
+      // A write with a zero-length status descriptor: nowhere to put a status, so nothing is done.
+      try request(type: 1, sector: 16)
+      let zeroStatus = try submit([
+        hdr, out, DriverBuffer(guestAddress: g.gpa(status), length: 0, deviceWritable: true),
+      ])
+      #expect(zeroStatus.used == 0, "\(zeroStatus)")
+      // A write whose status descriptor is read-only (driver → device): refused, not performed.
+      try request(type: 1, sector: 24)
+      let readOnlyStatus = try submit([
+        hdr, out, DriverBuffer(guestAddress: g.gpa(status), length: 1, deviceWritable: false),
+      ])
+      #expect(readOnlyStatus.used == 0 && readOnlyStatus.status == 0xee, "\(readOnlyStatus)")
+      // A read of sector 2^32 (and a write there): IOERR.
+      try request(type: 0, sector: 1 << 32)
+      let farRead = try submit([hdr, DriverBuffer(guestAddress: g.gpa(data), length: 512, deviceWritable: true), st])
+      #expect(farRead.status == 1, "\(farRead)")
+      try request(type: 1, sector: 1 << 32)
+      let farWrite = try submit([hdr, out, st])
+      #expect(farWrite.status == 1, "\(farWrite)")
+      // A header shorter than 16 bytes.
+      try request(type: 1, sector: 0)
+      let shortHeader = try submit([
+        DriverBuffer(guestAddress: g.gpa(header), length: 8, deviceWritable: false), out, st,
+      ])
+      #expect(shortHeader.status != 0, "\(shortHeader)")
+
+      #expect(device.stats.errors > errorsBefore)
+      // Nothing above reached the image; the device still serves.
+      #expect(try readFile(image, offset: 0, count: Self.size) == before, "the image changed")
+      let d = pattern(4096, seed: 78)
+      try blk.write(offset: 4096, data: d)
+      #expect(try blk.read(offset: 4096, length: 4096) == d)
     }
   }
 
