@@ -157,8 +157,8 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   public func attached(to sw: NetSwitch, index i: Int) { index.store(i, ordering: .relaxed) }
   public var isUp: Bool { up.load(ordering: .acquiring) }
 
-  public func enqueue(header: NetHeader, frame: UnsafeRawBufferPointer) -> NetDropReason? {
-    let ok = pending.lock.withLock { pending.push(header, frame) }
+  public func enqueue(header: NetHeader, frame buffer: PacketBuffer, _ frame: Range<Int>) -> NetDropReason? {
+    let ok = pending.lock.withLock { pending.push(header, buffer, frame) }
     if ok { return nil }
     queueCounters[0].add(NetCounters(drops: 1))
     reasons.add(frame.count > pending.maxFrame ? .oversize : .rxQueueFull)
@@ -201,6 +201,16 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
 
   // MARK: Transmit (driver → device)
 
+  /// The transmit path's copy buffer, kept per thread (a port's transmit queues may run on
+  /// different workers).
+  private func gatherBuffer(size: Int) -> PacketBuffer {
+    let key = "vhost-user-net-gather"
+    if let b = Thread.current.threadDictionary[key] as? PacketBuffer, b.capacity >= size { return b }
+    let b = PacketBuffer(capacity: max(size, 65536 + 64))
+    Thread.current.threadDictionary[key] = b
+    return b
+  }
+
   /// The driver's transmit queue: each chain is a virtio_net_hdr and a frame.
   func transmit(_ queue: QueueHandle) {
     let features = acked
@@ -241,40 +251,40 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
 
     let csum = features.contains(NetFeature.csum)
     var burst = netSwitch.burst(from: switchIndex)
-    withUnsafeTemporaryAllocation(byteCount: hdr + maxFrame, alignment: 16) { buffer in
-      while let chain = queue.next() {
-        let length = chain.readableLength
-        if let p = sizeProblem(length) {
-          queue.complete(chain, written: 0)
-          c.errors += 1
-          why[p, default: 0] += 1
-          continue
-        }
-        // One copy out of guest memory (gathering a header or frame split over descriptors);
-        // everything below looks only at the copy, so the driver cannot change it under us.
-        var reader = chain.reader()
-        var at = 0
-        reader.withSegments(length) { memory, offset, count in
-          let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + count)])
-          if (try? memory.read(at: offset, into: piece)) == nil { piece.initializeMemory(as: UInt8.self, repeating: 0) }
-          at += count
-        }
+    // One copy out of guest memory (gathering a header or frame split over descriptors);
+    // everything below looks only at the copy, so the driver cannot change it under us.
+    let buffer = gatherBuffer(size: hdr + maxFrame)
+    while let chain = queue.next() {
+      let length = chain.readableLength
+      if let p = sizeProblem(length) {
         queue.complete(chain, written: 0)
-        n += 1
-        if n % 32 == 0 { queue.notifyIfNeeded() }
-        let header = NetHeader(UnsafeRawBufferPointer(rebasing: buffer[0..<hdr]))
-        let frame = UnsafeRawBufferPointer(rebasing: buffer[hdr..<length])
-        if let p = header.problem(frameLength: frame.count, csumNegotiated: csum) {
-          c.errors += 1
-          why[p, default: 0] += 1
-          continue
+        c.errors += 1
+        why[p, default: 0] += 1
+        continue
+      }
+      var reader = chain.reader()
+      var at = 0
+      reader.withSegments(length) { memory, offset, count in
+        if (try? buffer.read(from: memory, at: offset, count: count, to: at)) == nil {
+          buffer.fill(0, at..<(at + count))
         }
-        c.packets += 1
-        c.bytes += frame.count
-        if let r = netSwitch.forward(&burst, header: header, frame: frame) {
-          c.drops += 1
-          why[r, default: 0] += 1
-        }
+        at += count
+      }
+      queue.complete(chain, written: 0)
+      n += 1
+      if n % 32 == 0 { queue.notifyIfNeeded() }
+      let header = NetHeader(buffer, at: 0, length: hdr)
+      let frame = hdr..<length
+      if let p = header.problem(frameLength: frame.count, csumNegotiated: csum) {
+        c.errors += 1
+        why[p, default: 0] += 1
+        continue
+      }
+      c.packets += 1
+      c.bytes += frame.count
+      if let r = netSwitch.forward(&burst, header: header, frame: buffer, frame) {
+        c.drops += 1
+        why[r, default: 0] += 1
       }
     }
     queue.notifyIfNeeded()
@@ -310,9 +320,9 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     pending.lock.withLock {
       while let (header, slot, length) = pending.front() {
         var h = header
-        let frame = UnsafeMutableRawBufferPointer(rebasing: slot[FrameQueue.headroom..<(FrameQueue.headroom + length)])
+        let frame = (slot + FrameQueue.headroom)..<(slot + FrameQueue.headroom + length)
         if h.flags & NetHeader.needsCsum != 0 && !guestCsum {
-          completeChecksum(frame, start: Int(h.csumStart), offset: Int(h.csumOffset))
+          completeChecksum(pending.storage, frame: frame, start: Int(h.csumStart), offset: Int(h.csumOffset))
           h = NetHeader()
         }
         h.flags &= NetHeader.needsCsum
@@ -324,10 +334,8 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
           h.csumOffset = 0
         }
         let outcome = deliver(
-          header: h,
-          packet: UnsafeMutableRawBufferPointer(
-            rebasing: slot[(FrameQueue.headroom - hdr)..<(FrameQueue.headroom + length)]),
-          headerLength: hdr, mergeable: mergeable, into: queue)
+          header: h, packet: pending.storage, (frame.lowerBound - hdr)..<frame.upperBound, headerLength: hdr,
+          mergeable: mergeable, into: queue)
         if case .noBuffers = outcome { break }
         pending.popFront()
         switch outcome {
@@ -354,16 +362,16 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   /// Writes one packet — `headerLength` bytes of room for the virtio-net header, then the frame —
   /// into one receive buffer, or into as many as it needs with MRG_RXBUF (num_buffers in the header).
   func deliver(
-    header: NetHeader, packet: UnsafeMutableRawBufferPointer, headerLength hdr: Int, mergeable: Bool,
+    header: NetHeader, packet buffer: PacketBuffer, _ packet: Range<Int>, headerLength hdr: Int, mergeable: Bool,
     into queue: QueueHandle
   ) -> Delivery {
     guard let first = queue.next() else { return .noBuffers }
     var h = header
     if first.writableLength >= packet.count {
       h.numBuffers = 1
-      h.write(to: packet, length: hdr)
+      h.write(to: buffer, at: packet.lowerBound, length: hdr)
       var w = first.writer(log: queue.log)
-      Self.scatter(UnsafeRawBufferPointer(packet), into: &w)
+      Self.scatter(buffer, packet, into: &w)
       queue.complete(first, written: w.written)
       return .delivered
     }
@@ -383,14 +391,14 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
       return .dropped(chains.count >= Self.maxBuffersPerFrame ? .rxBufferTooSmall : .rxRingExhausted)
     }
     h.numBuffers = UInt16(chains.count)
-    h.write(to: packet, length: hdr)
-    var offset = 0
+    h.write(to: buffer, at: packet.lowerBound, length: hdr)
+    var offset = packet.lowerBound
     var written: [Int] = []
     written.reserveCapacity(chains.count)
     for chain in chains {
       var w = chain.writer(log: queue.log)
-      let take = min(chain.writableLength, packet.count - offset)
-      Self.scatter(UnsafeRawBufferPointer(rebasing: packet[offset..<(offset + take)]), into: &w)
+      let take = min(chain.writableLength, packet.upperBound - offset)
+      Self.scatter(buffer, offset..<(offset + take), into: &w)
       offset += take
       written.append(w.written)
     }
@@ -398,11 +406,11 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     return .delivered
   }
 
-  /// Copies `bytes` into the chain's writable buffers (as many as fit).
-  static func scatter(_ bytes: UnsafeRawBufferPointer, into w: inout ChainWriter) {
-    var at = 0
-    w.withSegments(min(bytes.count, w.remaining)) { memory, offset, count in
-      try? memory.write(from: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + count)]), at: offset)
+  /// Copies `range` of `buffer` into the chain's writable buffers (as much as fits).
+  static func scatter(_ buffer: PacketBuffer, _ range: Range<Int>, into w: inout ChainWriter) {
+    var at = range.lowerBound
+    w.withSegments(min(range.count, w.remaining)) { memory, offset, count in
+      try? buffer.write(at..<(at + count), to: memory, at: offset)
       at += count
     }
   }
@@ -412,28 +420,29 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     let features = acked
     let hdr = NetHeader.length(for: features)
     let mergeable = features.contains(NetFeature.mrgRxbuf)
-    var packet = [UInt8](repeating: 0, count: hdr)
-    packet += [UInt8](repeating: 0xff, count: 6) + mac + [0x08, 0x00]
-    packet += [UInt8](repeating: 0x5a, count: max(0, txFrameSize - Ethernet.headerLength))
+    var bytes = [UInt8](repeating: 0, count: hdr)
+    bytes += [UInt8](repeating: 0xff, count: 6) + mac + [0x08, 0x00]
+    bytes += [UInt8](repeating: 0x5a, count: max(0, txFrameSize - Ethernet.headerLength))
+    let packet = PacketBuffer(capacity: bytes.count)
+    packet.set(bytes, at: 0)
     var c = NetCounters()
     var why: [NetDropReason: Int] = [:]
     var n = 0
-    packet.withUnsafeMutableBytes { p in
-      while true {
-        let outcome = deliver(header: NetHeader(), packet: p, headerLength: hdr, mergeable: mergeable, into: queue)
-        if case .noBuffers = outcome { break }
-        switch outcome {
-        case .delivered:
-          c.packets += 1
-          c.bytes += p.count - hdr
-        case .dropped(let r):
-          c.drops += 1
-          why[r, default: 0] += 1
-        case .noBuffers: break
-        }
-        n += 1
-        if n % 32 == 0 { queue.notifyIfNeeded() }
+    while true {
+      let outcome = deliver(
+        header: NetHeader(), packet: packet, 0..<bytes.count, headerLength: hdr, mergeable: mergeable, into: queue)
+      if case .noBuffers = outcome { break }
+      switch outcome {
+      case .delivered:
+        c.packets += 1
+        c.bytes += bytes.count - hdr
+      case .dropped(let r):
+        c.drops += 1
+        why[r, default: 0] += 1
+      case .noBuffers: break
       }
+      n += 1
+      if n % 32 == 0 { queue.notifyIfNeeded() }
     }
     queue.notifyIfNeeded()
     queueCounters[queue.index].add(c)
@@ -441,16 +450,18 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   }
 }
 
-/// A bounded FIFO of frames waiting for a port's receive buffers, in fixed slots allocated once.
-/// Each slot keeps `headroom` bytes before the frame so the virtio-net header can be written in
-/// place and header + frame copied to the driver as one run. All methods except `count` need `lock`.
+/// A bounded FIFO of frames waiting for a port's receive buffers, in fixed slots of one buffer
+/// allocated once. Each slot keeps `headroom` bytes before the frame so the virtio-net header can be
+/// written in place and header + frame copied to the driver as one run. All methods except `count`
+/// need `lock`.
 final class FrameQueue: @unchecked Sendable {
   static let headroom = 12
   let lock = NSLock()
   let capacity: Int
   let maxFrame: Int
   let slotSize: Int
-  private let storage: UnsafeMutableRawPointer
+  /// The slots, one after the other.
+  let storage: PacketBuffer
   private var lengths: [Int]
   private var headers: [NetHeader]
   private var head = 0
@@ -462,20 +473,16 @@ final class FrameQueue: @unchecked Sendable {
     self.capacity = capacity
     self.maxFrame = maxFrame
     slotSize = (Self.headroom + maxFrame + 63) & ~63
-    storage = UnsafeMutableRawPointer.allocate(byteCount: capacity * slotSize, alignment: 64)
+    storage = PacketBuffer(capacity: capacity * slotSize)
     lengths = Array(repeating: 0, count: capacity)
     headers = Array(repeating: NetHeader(), count: capacity)
   }
 
-  deinit { storage.deallocate() }
-
   /// Copies a frame in; false when full (or the frame is too large).
-  func push(_ header: NetHeader, _ frame: UnsafeRawBufferPointer) -> Bool {
+  func push(_ header: NetHeader, _ buffer: PacketBuffer, _ frame: Range<Int>) -> Bool {
     guard used < capacity, frame.count <= maxFrame else { return false }
     let i = (head + used) % capacity
-    if let src = frame.baseAddress {
-      (storage + i * slotSize + Self.headroom).copyMemory(from: src, byteCount: frame.count)
-    }
+    storage.copy(from: buffer, frame, to: i * slotSize + Self.headroom)
     lengths[i] = frame.count
     headers[i] = header
     used += 1
@@ -483,11 +490,11 @@ final class FrameQueue: @unchecked Sendable {
     return true
   }
 
-  /// The oldest frame: its header, its whole slot (headroom + frame) and the frame's length.
-  func front() -> (NetHeader, UnsafeMutableRawBufferPointer, Int)? {
+  /// The oldest frame: its header, the offset of its slot in `storage` (headroom, then the frame)
+  /// and the frame's length.
+  func front() -> (NetHeader, Int, Int)? {
     guard used > 0 else { return nil }
-    let slot = UnsafeMutableRawBufferPointer(start: storage + head * slotSize, count: slotSize)
-    return (headers[head], slot, lengths[head])
+    return (headers[head], head * slotSize, lengths[head])
   }
 
   func popFront() {

@@ -1,4 +1,5 @@
 import VhostProtocol
+import VhostSystem
 
 /// virtio-net device feature bits.
 public enum NetFeature {
@@ -44,11 +45,12 @@ public struct NetHeader: Sendable, Equatable {
     features.contains(.version1) || features.contains(NetFeature.mrgRxbuf) ? 12 : 10
   }
 
-  /// Parses the first 10 or 12 bytes of `bytes` (which must hold that many).
-  public init(_ bytes: UnsafeRawBufferPointer) {
-    func u16(_ at: Int) -> UInt16 { UInt16(bytes[at]) | UInt16(bytes[at + 1]) << 8 }
-    flags = bytes[0]
-    gsoType = bytes[1]
+  /// Parses the first 10 or 12 bytes of `bytes` (missing bytes read as 0).
+  public init(bytes: [UInt8]) {
+    func b(_ i: Int) -> UInt8 { i < bytes.count ? bytes[i] : 0 }
+    func u16(_ at: Int) -> UInt16 { UInt16(b(at)) | UInt16(b(at + 1)) << 8 }
+    flags = b(0)
+    gsoType = b(1)
     hdrLen = u16(2)
     gsoSize = u16(4)
     csumStart = u16(6)
@@ -56,26 +58,33 @@ public struct NetHeader: Sendable, Equatable {
     numBuffers = bytes.count >= 12 ? u16(10) : 0
   }
 
-  /// Writes the header's first `length` bytes (10 or 12) into `out`.
-  public func write(to out: UnsafeMutableRawBufferPointer, length: Int) {
-    func put(_ v: UInt16, _ at: Int) {
-      out[at] = UInt8(truncatingIfNeeded: v)
-      out[at + 1] = UInt8(truncatingIfNeeded: v >> 8)
-    }
-    out[0] = flags
-    out[1] = gsoType
-    put(hdrLen, 2)
-    put(gsoSize, 4)
-    put(csumStart, 6)
-    put(csumOffset, 8)
-    if length >= 12 { put(numBuffers, 10) }
+  /// Parses the `length` (10 or 12) bytes at `offset` of `buffer`.
+  public init(_ buffer: PacketBuffer, at offset: Int, length: Int) {
+    flags = buffer[offset]
+    gsoType = buffer[offset + 1]
+    hdrLen = buffer.u16le(at: offset + 2)
+    gsoSize = buffer.u16le(at: offset + 4)
+    csumStart = buffer.u16le(at: offset + 6)
+    csumOffset = buffer.u16le(at: offset + 8)
+    numBuffers = length >= 12 ? buffer.u16le(at: offset + 10) : 0
+  }
+
+  /// Writes the header's first `length` bytes (10 or 12) at `offset` of `buffer`.
+  public func write(to buffer: PacketBuffer, at offset: Int, length: Int) {
+    buffer[offset] = flags
+    buffer[offset + 1] = gsoType
+    buffer.setU16le(hdrLen, at: offset + 2)
+    buffer.setU16le(gsoSize, at: offset + 4)
+    buffer.setU16le(csumStart, at: offset + 6)
+    buffer.setU16le(csumOffset, at: offset + 8)
+    if length >= 12 { buffer.setU16le(numBuffers, at: offset + 10) }
   }
 
   /// The header's bytes.
   public func bytes(length: Int) -> [UInt8] {
-    var out = [UInt8](repeating: 0, count: length)
-    out.withUnsafeMutableBytes { write(to: $0, length: length) }
-    return out
+    func le(_ v: UInt16) -> [UInt8] { [UInt8(truncatingIfNeeded: v), UInt8(truncatingIfNeeded: v >> 8)] }
+    let all = [flags, gsoType] + le(hdrLen) + le(gsoSize) + le(csumStart) + le(csumOffset) + le(numBuffers)
+    return Array(all.prefix(length)) + [UInt8](repeating: 0, count: max(0, length - all.count))
   }
 
   /// Why a transmitted header is refused for a frame of `frameLength` bytes, or nil if it is fine.
@@ -94,23 +103,15 @@ public struct NetHeader: Sendable, Equatable {
   }
 }
 
-/// Completes a partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM) in place: the ones' complement sum
-/// of `frame[start...]`, folded and complemented, stored at `start + offset` (where the driver left
-/// the pseudo-header sum). The caller checked the offsets.
-func completeChecksum(_ frame: UnsafeMutableRawBufferPointer, start: Int, offset: Int) {
-  var sum: UInt64 = 0
-  var i = start
-  let end = frame.count
-  while i + 1 < end {
-    sum &+= UInt64(frame[i]) << 8 | UInt64(frame[i + 1])
-    i += 2
-  }
-  if i < end { sum &+= UInt64(frame[i]) << 8 }
-  while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
-  var result = ~UInt16(truncatingIfNeeded: sum)
+/// Completes a partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM) in place on the frame at `frame` of
+/// `buffer`: the ones' complement sum of the frame from `start` on, complemented, stored at
+/// `start + offset` (where the driver left the pseudo-header sum). The caller checked the offsets.
+func completeChecksum(_ buffer: PacketBuffer, frame: Range<Int>, start: Int, offset: Int) {
+  let at = frame.lowerBound + start + offset
+  var result = ~buffer.onesComplementSum((frame.lowerBound + start)..<frame.upperBound)
   if result == 0 { result = 0xffff }  // CSUM_MANGLED_0, as the kernel's skb_checksum_help
-  frame[start + offset] = UInt8(truncatingIfNeeded: result >> 8)
-  frame[start + offset + 1] = UInt8(truncatingIfNeeded: result)
+  buffer[at] = UInt8(truncatingIfNeeded: result >> 8)
+  buffer[at + 1] = UInt8(truncatingIfNeeded: result)
 }
 
 /// Why a frame was dropped (counted per port).

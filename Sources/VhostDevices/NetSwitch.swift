@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import VhostSystem
 
 #if canImport(Glibc)
   import Glibc
@@ -75,7 +76,7 @@ public protocol NetPort: AnyObject, Sendable {
   var isUp: Bool { get }
   /// Queues one frame (with its virtio-net header, whose num_buffers is ignored) for the port's
   /// receiver, from any thread. Returns why it was dropped, or nil when it was taken.
-  func enqueue(header: NetHeader, frame: UnsafeRawBufferPointer) -> NetDropReason?
+  func enqueue(header: NetHeader, frame buffer: PacketBuffer, _ frame: Range<Int>) -> NetDropReason?
   /// Frames were queued by `enqueue`: make sure the receiver gets to them.
   func wakeReceiver()
   /// Counters as text (per queue), for SIGUSR1 and the exit report.
@@ -155,7 +156,7 @@ public final class NetSwitch: @unchecked Sendable {
   /// The port a MAC address was learned on (nil when unknown or aged out).
   public func port(of mac: [UInt8]) -> Int? {
     guard mac.count == 6 else { return nil }
-    let key = mac.withUnsafeBytes { Self.key($0, at: 0) }
+    let key = mac.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
     let now = Self.now()
     return table.withLock { t in
       guard let e = t[key], now &- e.seen < ageNanoseconds else { return nil }
@@ -172,12 +173,6 @@ public final class NetSwitch: @unchecked Sendable {
   var ageNanoseconds: UInt64 { UInt64(max(0, ageingSeconds) * 1e9) }
 
   static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
-
-  static func key(_ p: UnsafeRawBufferPointer, at offset: Int) -> UInt64 {
-    var k: UInt64 = 0
-    for i in 0..<6 { k = k << 8 | UInt64(p[offset + i]) }
-    return k
-  }
 
   /// One burst of frames from one port: the ports snapshot, the time, and who got frames.
   struct Burst {
@@ -199,21 +194,23 @@ public final class NetSwitch: @unchecked Sendable {
 
   /// Routes one frame of a burst: learns its source address and delivers it. Returns why it was
   /// dropped, or nil when at least one port took it.
-  func forward(_ burst: inout Burst, header: NetHeader, frame: UnsafeRawBufferPointer) -> NetDropReason? {
+  func forward(_ burst: inout Burst, header: NetHeader, frame buffer: PacketBuffer, _ frame: Range<Int>)
+    -> NetDropReason?
+  {
     let source = burst.source
     switch forwarding {
     case .rxonly, .txonly: return .noDestination
     case .io:
       let dest = source ^ 1 < burst.ports.count ? source ^ 1 : source
-      return deliver(&burst, to: dest, header: header, frame: frame)
+      return deliver(&burst, to: dest, header: header, frame: buffer, frame)
     case .switch:
       guard frame.count >= Ethernet.headerLength else { return .runt }
-      let dst = Self.key(frame, at: 0)
-      let src = Self.key(frame, at: 6)
-      let multicast = frame[0] & 1 != 0
+      let dst = buffer.u48be(at: frame.lowerBound)
+      let src = buffer.u48be(at: frame.lowerBound + 6)
+      let multicast = buffer[frame.lowerBound] & 1 != 0
       let now = burst.now
       let age = ageNanoseconds
-      let learnSource = frame[6] & 1 == 0 && src != 0
+      let learnSource = buffer[frame.lowerBound + 6] & 1 == 0 && src != 0
       let destination: Int? = table.withLock { t in
         if learnSource { learn(&t, src, port: source, now: now, age: age) }
         guard !multicast, let e = t[dst], now &- e.seen < age else { return nil }
@@ -221,11 +218,11 @@ public final class NetSwitch: @unchecked Sendable {
       }
       if let destination {
         if destination == source { return .noDestination }
-        return deliver(&burst, to: destination, header: header, frame: frame)
+        return deliver(&burst, to: destination, header: header, frame: buffer, frame)
       }
       var taken = false
       for i in burst.ports.indices where i != source {
-        if deliver(&burst, to: i, header: header, frame: frame) == nil { taken = true }
+        if deliver(&burst, to: i, header: header, frame: buffer, frame) == nil { taken = true }
       }
       return taken ? nil : .noDestination
     }
@@ -240,12 +237,12 @@ public final class NetSwitch: @unchecked Sendable {
     t[mac] = Entry(port: port, seen: now)
   }
 
-  private func deliver(_ burst: inout Burst, to index: Int, header: NetHeader, frame: UnsafeRawBufferPointer)
-    -> NetDropReason?
-  {
+  private func deliver(
+    _ burst: inout Burst, to index: Int, header: NetHeader, frame buffer: PacketBuffer, _ frame: Range<Int>
+  ) -> NetDropReason? {
     guard let port = burst.ports[index] else { return .portDown }
     guard port.isUp else { return .portDown }
-    if let r = port.enqueue(header: header, frame: frame) { return r }
+    if let r = port.enqueue(header: header, frame: buffer, frame) { return r }
     burst.touched[index] = true
     return nil
   }
@@ -258,14 +255,12 @@ public final class NetSwitch: @unchecked Sendable {
     frame += [0, 1, 0x08, 0x00, 6, 4, 0, 3]  // Ethernet, IPv4, hlen 6, plen 4, reverse request
     frame += mac + [0, 0, 0, 0] + mac + [0, 0, 0, 0]
     frame += [UInt8](repeating: 0, count: 60 - frame.count)
+    guard forwarding == .switch else { return }
+    let buffer = PacketBuffer(capacity: frame.count)
+    buffer.set(frame, at: 0)
     var b = burst(from: source)
-    _ = frame.withUnsafeBytes { forwardAnnouncement(&b, frame: $0) }
+    _ = forward(&b, header: NetHeader(), frame: buffer, 0..<frame.count)
     b.finish()
-  }
-
-  private func forwardAnnouncement(_ b: inout Burst, frame: UnsafeRawBufferPointer) -> NetDropReason? {
-    if forwarding == .switch { return forward(&b, header: NetHeader(), frame: frame) }
-    return nil
   }
 
   /// Every port's counters.

@@ -181,7 +181,7 @@ final class NetTestNIC {
         continue
       }
       let bytes = try memory.read(at: b.offset, count: Int(first.length))
-      let header = bytes.withUnsafeBytes { NetHeader(UnsafeRawBufferPointer(rebasing: $0[0..<headerLength])) }
+      let header = NetHeader(bytes: Array(bytes.prefix(headerLength)))
       var frame = Array(bytes[headerLength...])
       if mergeable {
         for _ in 1..<max(Int(header.numBuffers), 1) {
