@@ -158,12 +158,20 @@ extension BackendSession {
       }
     }
     try swapMemory(new)
+    duplicateRegions = [:]
   }
 
   func addMemReg(_ p: Payload, _ fds: [OwnedFD]) throws {
     try require(.configureMemSlots, .addMemReg)
     try requireOwner(.addMemReg)
     guard case .singleRegion(let s) = p, let fd = fds.first else { throw RequestFailure("ADD_MEM_REG without region") }
+    // QEMU up to 8.0 sends ADD_MEM_REG/REM_MEM_REG once per vhost_dev, so a multi-queue net device
+    // (one vhost_dev per queue pair on one socket) adds the same region again: an exact duplicate is
+    // counted (REM_MEM_REG takes it back) instead of refused.
+    if memory.regions.contains(where: { $0.region == s.region }) {
+      duplicateRegions[s.region, default: 0] += 1
+      return
+    }
     do {
       try swapMemory(try memory.adding(s.region, fd: fd, limit: configuration.maxMemSlots))
     } catch let e as RequestFailure {
@@ -176,6 +184,10 @@ extension BackendSession {
   func remMemReg(_ p: Payload) throws {
     try require(.configureMemSlots, .remMemReg)
     guard case .singleRegion(let s) = p else { throw RequestFailure("REM_MEM_REG without region") }
+    if let n = duplicateRegions[s.region], n > 0 {
+      duplicateRegions[s.region] = n > 1 ? n - 1 : nil
+      return
+    }
     guard let new = memory.removing(s.region) else {
       throw RequestFailure("REM_MEM_REG: no region at GPA 0x\(String(s.region.guestPhysAddr, radix: 16))")
     }
@@ -544,6 +556,7 @@ extension BackendSession {
     for q in queues { q.lock.withLock { q.reset() } }
     device.reset()
     memory = GuestMemory()
+    duplicateRegions = [:]
     dirtyLog = nil
     backendChannelLock.withLock { backendChannel = nil }
     _ = waitStateTransfer()

@@ -56,6 +56,8 @@ public final class BackendSession: @unchecked Sendable {
   var featuresSet = false
   var ackedProtocol: ProtocolFeatures = []
   var memory = GuestMemory()
+  /// Regions added again by ADD_MEM_REG while mapped (see `addMemReg`), and how often.
+  var duplicateRegions: [MemoryRegion: Int] = [:]
   var dirtyLog: DirtyLog?
   var logFD: EventFD?
   var inflight: InflightRegion?

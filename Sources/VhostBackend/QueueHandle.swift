@@ -34,6 +34,8 @@ public final class QueueHandle: @unchecked Sendable {
   // so a completion for a ring that no longer exists is dropped instead of corrupting a new one.
   let completionLock = Condition()
   var pendingCompletions: [(chain: DescriptorChain, written: Int, generation: UInt64)] = []
+  /// `pendingCompletions.count`, readable without the lock (a busy ring checks it on every service).
+  let pendingCount = Atomic<Int>(0)
   var generation: UInt64 = 0
   /// Requests handed to `asyncCompletion` and not yet completed (under `lock`).
   public internal(set) var outstanding = 0
@@ -133,17 +135,22 @@ public final class QueueHandle: @unchecked Sendable {
   func enqueueCompletion(_ chain: DescriptorChain, written: Int, generation: UInt64) {
     completionLock.withLock {
       pendingCompletions.append((chain, written, generation))
+      pendingCount.add(1, ordering: .releasing)
       completionLock.broadcast()
     }
     worker?.completionsReady()
   }
 
-  var hasPendingCompletions: Bool { completionLock.withLock { !pendingCompletions.isEmpty } }
+  var hasPendingCompletions: Bool { pendingCount.load(ordering: .acquiring) > 0 }
 
   /// Publishes completions that arrived from other threads (caller holds `lock`).
   func flushCompletions() {
+    guard pendingCount.load(ordering: .acquiring) > 0 else { return }
     let batch: [(chain: DescriptorChain, written: Int, generation: UInt64)] = completionLock.withLock {
-      defer { pendingCompletions.removeAll(keepingCapacity: true) }
+      defer {
+        pendingCount.subtract(pendingCompletions.count, ordering: .releasing)
+        pendingCompletions.removeAll(keepingCapacity: true)
+      }
       return pendingCompletions
     }
     guard !batch.isEmpty else { return }

@@ -1,50 +1,79 @@
-import VhostBackend
+import Synchronization
+@_spi(Fuzzing) import VhostBackend
 import VhostProtocol
 import VhostSystem
 import Virtqueue
 
-/// virtio-net, device side. Forwarding modes mirror DPDK testpmd's so benchmarks compare like with
-/// like: `rxonly` counts and drops what the driver transmits; `txonly` fills every receive buffer
-/// with generated frames as fast as the ring allows.
-public final class NetDevice: VhostUserDevice, @unchecked Sendable {
-  public enum Forwarding: String, Sendable, CaseIterable { case rxonly, txonly }
+/// virtio-net, device side: one port of a `NetSwitch` per vhost-user socket.
+///
+/// Queue 2n is receiveq n (device → driver), 2n+1 transmitq n (driver → device). Frames the driver
+/// transmits are checked (header present, size within the MTU, checksum offsets inside the frame),
+/// copied once out of guest memory and handed to the switch, which copies them into the
+/// destination ports' queues of pending frames; a port's receive processing writes its pending
+/// frames into the driver's receive buffers (one buffer per frame, or several with MRG_RXBUF).
+/// Forwarding modes mirror DPDK testpmd's so benchmarks compare like with like: `rxonly` counts and
+/// drops what the driver transmits; `txonly` fills every receive buffer with generated frames as
+/// fast as the ring allows; `io` pairs ports; `switch` learns.
+public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
+  public typealias Forwarding = NetSwitch.Forwarding
+  public typealias PortCounters = NetCounters
 
   public let type = "net"
-  public let forwarding: Forwarding
+  public let netSwitch: NetSwitch
   public let pairs: Int
   public let mac: [UInt8]
+  /// Largest MTU (`--mtu`); NET_SET_MTU may lower the port's MTU, never raise it above this.
   public let mtu: UInt16
   public let txFrameSize: Int
-  private let lock = Lock()
-  private var acked: VirtioFeatures = []
-  private var counters: [PortCounters]
+  public let portName: String
+  public var forwarding: Forwarding { netSwitch.forwarding }
 
-  /// Per-queue counters.
-  public struct PortCounters: Sendable, Equatable {
-    public var packets = 0
-    public var bytes = 0
-    public var drops = 0
-    public var errors = 0
-  }
+  private let currentMTU: Atomic<Int>
+  private let ackedBits = Atomic<UInt64>(0)
+  private let up = Atomic<Bool>(false)
+  private let index = Atomic<Int>(-1)
+  private let queueCounters: [CounterCell]
+  private let reasons = ReasonCounts()
+  let pending: FrameQueue
+  private let sessionLock = Lock()
+  private weak var session: BackendSession?
 
-  public init(
+  /// A device on a switch of its own (rxonly and txonly need no other port).
+  public convenience init(
     forwarding: Forwarding = .rxonly, pairs: Int = 1, mac: [UInt8] = [0x52, 0x54, 0, 0x12, 0x34, 0x56],
     mtu: UInt16 = 1500, txFrameSize: Int = 64
   ) {
-    self.forwarding = forwarding
-    self.pairs = pairs
-    self.mac = mac
-    self.mtu = mtu
-    self.txFrameSize = txFrameSize
-    counters = Array(repeating: PortCounters(), count: pairs * 2)
+    let sw = NetSwitch(forwarding: forwarding, wakeReceivers: forwarding == .switch || forwarding == .io)
+    self.init(switch: sw, name: "standalone", pairs: pairs, mac: mac, mtu: mtu, txFrameSize: txFrameSize)
   }
+
+  /// A port of `sw`. `pendingFrames` bounds the frames waiting for this port's receive buffers.
+  public init(
+    switch sw: NetSwitch, name: String, pairs: Int = 1, mac: [UInt8] = [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+    mtu: UInt16 = 1500, txFrameSize: Int = 64, pendingFrames: Int = 1024
+  ) {
+    netSwitch = sw
+    portName = name
+    self.pairs = max(1, pairs)
+    self.mac = mac.count == 6 ? mac : [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+    self.mtu = max(mtu, 68)
+    self.txFrameSize = min(max(txFrameSize, Ethernet.headerLength), Ethernet.maxFrame(mtu: Int(max(mtu, 68))))
+    currentMTU = Atomic(Int(max(mtu, 68)))
+    queueCounters = (0..<(self.pairs * 2)).map { _ in CounterCell() }
+    let maxFrame = Ethernet.maxFrame(mtu: Int(max(mtu, 68)))
+    // At most ~16 MiB of pending frames per port, and at least 64 frames.
+    pending = FrameQueue(capacity: max(64, min(pendingFrames, (16 << 20) / (maxFrame + 64))), maxFrame: maxFrame)
+    sw.add(self)
+  }
+
+  // MARK: VhostUserDevice
 
   public var features: VirtioFeatures {
     var f: VirtioFeatures = [
-      .version1, VirtioFeatures(bit: 5) /* MAC */, VirtioFeatures(bit: 15) /* MRG_RXBUF */,
-      VirtioFeatures(bit: 16) /* STATUS */, VirtioFeatures(bit: 3) /* MTU */,
+      .version1, NetFeature.csum, NetFeature.guestCsum, NetFeature.mac, NetFeature.mrgRxbuf, NetFeature.status,
+      NetFeature.mtu,
     ]
-    if pairs > 1 { f.insert(VirtioFeatures(bit: 22)) }  // MQ
+    if pairs > 1 { f.insert(NetFeature.mq) }
     return f
   }
   public var extraProtocolFeatures: ProtocolFeatures { [.mtu, .rarp] }
@@ -56,109 +85,427 @@ public final class NetDevice: VhostUserDevice, @unchecked Sendable {
     w.write(bytes: mac)
     w.write(UInt16(1))  // VIRTIO_NET_S_LINK_UP
     w.write(UInt16(pairs))
-    w.write(mtu)
+    w.write(UInt16(currentMTU.load(ordering: .relaxed)))
     return w.bytes
   }
 
-  public func featuresAcknowledged(_ features: VirtioFeatures) { lock.withLock { acked = features } }
+  public func featuresAcknowledged(_ features: VirtioFeatures) {
+    ackedBits.store(features.rawValue, ordering: .releasing)
+  }
+
+  var acked: VirtioFeatures { VirtioFeatures(rawValue: ackedBits.load(ordering: .acquiring)) }
 
   /// virtio_net_hdr size for the acked features.
-  var headerLength: Int {
-    let f = lock.withLock { acked }
-    return f.contains(.version1) || f.contains(VirtioFeatures(bit: 15)) ? 12 : 10
-  }
+  var headerLength: Int { NetHeader.length(for: acked) }
 
   public func setMTU(_ mtu: UInt16) throws {
     guard mtu >= 68, mtu <= self.mtu else { throw DeviceError("MTU \(mtu) outside 68...\(self.mtu)") }
+    currentMTU.store(Int(mtu), ordering: .relaxed)
   }
 
-  public func sendRARP(mac: [UInt8]) throws {}
+  /// The port's MTU now (NET_SET_MTU may have lowered it).
+  public var portMTU: Int { currentMTU.load(ordering: .relaxed) }
+
+  public func sendRARP(mac: [UInt8]) throws {
+    guard mac.count == 6 else { throw DeviceError("SEND_RARP needs a 6-byte MAC") }
+    netSwitch.announce(mac: mac, from: switchIndex)
+  }
+
+  public func reset() {
+    up.store(false, ordering: .releasing)
+    ackedBits.store(0, ordering: .releasing)
+    currentMTU.store(Int(mtu), ordering: .relaxed)
+    pending.lock.withLock { pending.removeAll() }
+    let i = switchIndex
+    if i >= 0 { netSwitch.forget(port: i) }
+  }
+
+  public func process(_ queue: QueueHandle) {
+    guard queue.index < queueCounters.count else { return }
+    if queue.index % 2 == 1 {
+      transmit(queue)
+    } else {
+      receive(queue)
+    }
+  }
+
+  public var capabilityFeatures: [String] { [] }
+
+  // MARK: Serving
+
+  /// A server for this port on `listener` that tells the port about each session (so frames
+  /// queued for it from other ports can have its rings serviced).
+  public func makeServer(listener: UnixListener, configuration: BackendConfiguration) -> BackendServer {
+    let server = BackendServer(listener: listener, device: self, configuration: configuration)
+    server.onSession = { [weak self] session in self?.attach(session) }
+    return server
+  }
+
+  func attach(_ session: BackendSession) { sessionLock.withLock { self.session = session } }
+
+  /// Services the session's rings once on the calling thread (the switch's waker). Each ring is
+  /// serviced under its lock, exactly as its worker would.
+  func serviceRings() {
+    let s = sessionLock.withLock { session }
+    s?.serviceQueuesOnce()
+  }
+
+  // MARK: NetPort
+
+  public var switchIndex: Int { index.load(ordering: .relaxed) }
+  public func attached(to sw: NetSwitch, index i: Int) { index.store(i, ordering: .relaxed) }
+  public var isUp: Bool { up.load(ordering: .acquiring) }
+
+  public func enqueue(header: NetHeader, frame buffer: PacketBuffer, _ frame: Range<Int>) -> NetDropReason? {
+    let ok = pending.lock.withLock { pending.push(header, buffer, frame) }
+    if ok { return nil }
+    queueCounters[0].add(NetCounters(drops: 1))
+    reasons.add(frame.count > pending.maxFrame ? .oversize : .rxQueueFull)
+    return .rxQueueFull
+  }
+
+  public func wakeReceiver() {
+    guard let waker = netSwitch.waker else { return }
+    waker.request(self)
+  }
+
+  // MARK: Counters
 
   /// Counters of queue `index`.
-  public func counters(queue index: Int) -> PortCounters { lock.withLock { counters[index] } }
+  public func counters(queue index: Int) -> PortCounters { queueCounters[index].value }
 
   /// Totals over transmit queues (what the driver sent us) and receive queues (what we delivered).
   public var received: PortCounters { total(odd: true) }
   public var delivered: PortCounters { total(odd: false) }
 
   func total(odd: Bool) -> PortCounters {
-    lock.withLock {
-      var t = PortCounters()
-      for (i, c) in counters.enumerated() where (i % 2 == 1) == odd {
-        t.packets += c.packets
-        t.bytes += c.bytes
-        t.drops += c.drops
-        t.errors += c.errors
-      }
-      return t
-    }
+    var t = NetCounters()
+    for (i, c) in queueCounters.enumerated() where (i % 2 == 1) == odd { t = t + c.value }
+    return t
   }
 
-  public func reset() {}
+  /// Drops and errors by reason.
+  public var dropReasons: [NetDropReason: Int] { reasons.value }
 
-  public func process(_ queue: QueueHandle) {
-    if queue.index % 2 == 1 {
-      transmitQueue(queue)
-    } else if forwarding == .txonly {
-      fillReceiveQueue(queue)
+  public func report() -> String {
+    var lines: [String] = []
+    for (i, c) in queueCounters.enumerated() {
+      let v = c.value
+      lines.append("  queue \(i) (\(i % 2 == 0 ? "rx" : "tx") \(i / 2)): \(v)")
     }
+    let r = reasons.text
+    if !r.isEmpty { lines.append("  dropped: \(r)") }
+    return lines.joined(separator: "\n")
+  }
+
+  // MARK: Transmit (driver → device)
+
+  /// The transmit path's copy buffer, kept per thread (a port's transmit queues may run on
+  /// different workers).
+  private static let gatherBuffers = ThreadLocal<PacketBuffer>()
+  private func gatherBuffer(size: Int) -> PacketBuffer {
+    if let b = Self.gatherBuffers.value, b.capacity >= size { return b }
+    let b = PacketBuffer(capacity: max(size, 65536 + 64))
+    Self.gatherBuffers.value = b
+    return b
   }
 
   /// The driver's transmit queue: each chain is a virtio_net_hdr and a frame.
-  func transmitQueue(_ queue: QueueHandle) {
-    let hdr = headerLength
-    var c = PortCounters()
+  func transmit(_ queue: QueueHandle) {
+    let features = acked
+    let hdr = NetHeader.length(for: features)
+    let maxFrame = Ethernet.maxFrame(mtu: currentMTU.load(ordering: .relaxed))
+    let mode = forwarding
+    var c = NetCounters()
+    var why: [NetDropReason: Int] = [:]
     var n = 0
+
+    /// Size checks common to every mode; nil when the chain may hold a frame.
+    func sizeProblem(_ length: Int) -> NetDropReason? {
+      if length < hdr { return .missingHeader }
+      if length - hdr < Ethernet.headerLength { return .runt }
+      if length - hdr > maxFrame { return .oversize }
+      return nil
+    }
+
+    if mode == .rxonly || mode == .txonly {
+      while let chain = queue.next() {
+        let length = chain.readableLength
+        if let p = sizeProblem(length) {
+          c.errors += 1
+          why[p, default: 0] += 1
+        } else {
+          c.packets += 1
+          c.bytes += length - hdr
+        }
+        queue.complete(chain, written: 0)
+        n += 1
+        if n % 32 == 0 { queue.notifyIfNeeded() }
+      }
+      queue.notifyIfNeeded()
+      queueCounters[queue.index].add(c)
+      reasons.add(why)
+      return
+    }
+
+    let csum = features.contains(NetFeature.csum)
+    var burst = netSwitch.burst(from: switchIndex)
+    // One copy out of guest memory (gathering a header or frame split over descriptors);
+    // everything below looks only at the copy, so the driver cannot change it under us.
+    let buffer = gatherBuffer(size: hdr + maxFrame)
     while let chain = queue.next() {
-      let len = chain.readableLength
-      if len < hdr || len - hdr > Int(mtu) + 14 + 4 {
+      let length = chain.readableLength
+      if let p = sizeProblem(length) {
+        queue.complete(chain, written: 0)
         c.errors += 1
-      } else {
-        c.packets += 1
-        c.bytes += len - hdr
+        why[p, default: 0] += 1
+        continue
+      }
+      var reader = chain.reader()
+      var at = 0
+      reader.withSegments(length) { memory, offset, count in
+        if (try? buffer.read(from: memory, at: offset, count: count, to: at)) == nil {
+          buffer.fill(0, at..<(at + count))
+        }
+        at += count
       }
       queue.complete(chain, written: 0)
       n += 1
       if n % 32 == 0 { queue.notifyIfNeeded() }
+      let header = NetHeader(buffer, at: 0, length: hdr)
+      let frame = hdr..<length
+      if let p = header.problem(frameLength: frame.count, csumNegotiated: csum) {
+        c.errors += 1
+        why[p, default: 0] += 1
+        continue
+      }
+      c.packets += 1
+      c.bytes += frame.count
+      if let r = netSwitch.forward(&burst, header: header, frame: buffer, frame) {
+        c.drops += 1
+        why[r, default: 0] += 1
+      }
     }
     queue.notifyIfNeeded()
-    add(c, to: queue.index)
+    burst.finish()
+    queueCounters[queue.index].add(c)
+    reasons.add(why)
   }
 
-  /// The driver's receive queue in txonly mode: a header and a generated frame per buffer.
-  func fillReceiveQueue(_ queue: QueueHandle) {
-    let hdr = headerLength
-    var frame = [UInt8](repeating: 0, count: hdr)
-    if hdr == 12 { frame[10] = 1 }  // num_buffers = 1
-    frame += [UInt8](repeating: 0xff, count: 6) + mac + [0x08, 0x00]
-    frame += [UInt8](repeating: 0x5a, count: max(0, txFrameSize - 14))
-    var c = PortCounters()
+  // MARK: Receive (device → driver)
+
+  enum Delivery {
+    case delivered
+    case noBuffers
+    case dropped(NetDropReason)
+  }
+
+  /// The driver's receive queue: writes the frames pending for this port (or, in txonly mode,
+  /// generated frames) into its buffers.
+  func receive(_ queue: QueueHandle) {
+    up.store(true, ordering: .releasing)
+    if forwarding == .txonly {
+      fillReceiveQueue(queue)
+      return
+    }
+    guard pending.count.load(ordering: .acquiring) > 0 else { return }
+    let features = acked
+    let hdr = NetHeader.length(for: features)
+    let mergeable = features.contains(NetFeature.mrgRxbuf)
+    let guestCsum = features.contains(NetFeature.guestCsum)
+    var c = NetCounters()
+    var why: [NetDropReason: Int] = [:]
     var n = 0
-    while let chain = queue.next() {
+    pending.lock.withLock {
+      while let (header, slot, length) = pending.front() {
+        var h = header
+        let frame = (slot + FrameQueue.headroom)..<(slot + FrameQueue.headroom + length)
+        if h.flags & NetHeader.needsCsum != 0 && !guestCsum {
+          completeChecksum(pending.storage, frame: frame, start: Int(h.csumStart), offset: Int(h.csumOffset))
+          h = NetHeader()
+        }
+        h.flags &= NetHeader.needsCsum
+        h.gsoType = NetHeader.gsoNone
+        h.gsoSize = 0
+        h.hdrLen = 0
+        if h.flags == 0 {
+          h.csumStart = 0
+          h.csumOffset = 0
+        }
+        let outcome = deliver(
+          header: h, packet: pending.storage, (frame.lowerBound - hdr)..<frame.upperBound, headerLength: hdr,
+          mergeable: mergeable, into: queue)
+        if case .noBuffers = outcome { break }
+        pending.popFront()
+        switch outcome {
+        case .delivered:
+          c.packets += 1
+          c.bytes += length
+        case .dropped(let r):
+          c.drops += 1
+          why[r, default: 0] += 1
+        case .noBuffers: break
+        }
+        n += 1
+        if n % 32 == 0 { queue.notifyIfNeeded() }
+      }
+    }
+    queue.notifyIfNeeded()
+    queueCounters[queue.index].add(c)
+    reasons.add(why)
+  }
+
+  /// Most receive buffers one frame may take (num_buffers).
+  static let maxBuffersPerFrame = 256
+
+  /// Writes one packet — `headerLength` bytes of room for the virtio-net header, then the frame —
+  /// into one receive buffer, or into as many as it needs with MRG_RXBUF (num_buffers in the header).
+  func deliver(
+    header: NetHeader, packet buffer: PacketBuffer, _ packet: Range<Int>, headerLength hdr: Int, mergeable: Bool,
+    into queue: QueueHandle
+  ) -> Delivery {
+    guard let first = queue.next() else { return .noBuffers }
+    var h = header
+    if first.writableLength >= packet.count {
+      h.numBuffers = 1
+      h.write(to: buffer, at: packet.lowerBound, length: hdr)
+      var w = first.writer(log: queue.log)
+      Self.scatter(buffer, packet, into: &w)
+      queue.complete(first, written: w.written)
+      return .delivered
+    }
+    guard mergeable else {
+      queue.complete(first, written: 0)
+      return .dropped(.rxBufferTooSmall)
+    }
+    var chains = [first]
+    var capacity = first.writableLength
+    while capacity < packet.count && chains.count < Self.maxBuffersPerFrame, let next = queue.next() {
+      chains.append(next)
+      capacity += next.writableLength
+    }
+    guard capacity >= packet.count else {
+      // The buffers taken go back unused (length 0); the driver discards them.
+      for chain in chains { queue.complete(chain, written: 0) }
+      return .dropped(chains.count >= Self.maxBuffersPerFrame ? .rxBufferTooSmall : .rxRingExhausted)
+    }
+    h.numBuffers = UInt16(chains.count)
+    h.write(to: buffer, at: packet.lowerBound, length: hdr)
+    var offset = packet.lowerBound
+    var written: [Int] = []
+    written.reserveCapacity(chains.count)
+    for chain in chains {
       var w = chain.writer(log: queue.log)
-      if chain.writableLength < frame.count {
-        c.drops += 1
-        queue.complete(chain, written: 0)
-      } else {
-        w.write(frame)
-        queue.complete(chain, written: w.written)
+      let take = min(chain.writableLength, packet.upperBound - offset)
+      Self.scatter(buffer, offset..<(offset + take), into: &w)
+      offset += take
+      written.append(w.written)
+    }
+    for (chain, count) in zip(chains, written) { queue.complete(chain, written: count) }
+    return .delivered
+  }
+
+  /// Copies `range` of `buffer` into the chain's writable buffers (as much as fits).
+  static func scatter(_ buffer: PacketBuffer, _ range: Range<Int>, into w: inout ChainWriter) {
+    var at = range.lowerBound
+    w.withSegments(min(range.count, w.remaining)) { memory, offset, count in
+      try? buffer.write(at..<(at + count), to: memory, at: offset)
+      at += count
+    }
+  }
+
+  /// The driver's receive queue in txonly mode: a header and a generated broadcast frame per buffer.
+  func fillReceiveQueue(_ queue: QueueHandle) {
+    let features = acked
+    let hdr = NetHeader.length(for: features)
+    let mergeable = features.contains(NetFeature.mrgRxbuf)
+    var bytes = [UInt8](repeating: 0, count: hdr)
+    bytes += [UInt8](repeating: 0xff, count: 6) + mac + [0x08, 0x00]
+    bytes += [UInt8](repeating: 0x5a, count: max(0, txFrameSize - Ethernet.headerLength))
+    let packet = PacketBuffer(capacity: bytes.count)
+    packet.set(bytes, at: 0)
+    var c = NetCounters()
+    var why: [NetDropReason: Int] = [:]
+    var n = 0
+    while true {
+      let outcome = deliver(
+        header: NetHeader(), packet: packet, 0..<bytes.count, headerLength: hdr, mergeable: mergeable, into: queue)
+      if case .noBuffers = outcome { break }
+      switch outcome {
+      case .delivered:
         c.packets += 1
-        c.bytes += frame.count - hdr
+        c.bytes += bytes.count - hdr
+      case .dropped(let r):
+        c.drops += 1
+        why[r, default: 0] += 1
+      case .noBuffers: break
       }
       n += 1
       if n % 32 == 0 { queue.notifyIfNeeded() }
     }
     queue.notifyIfNeeded()
-    add(c, to: queue.index)
+    queueCounters[queue.index].add(c)
+    reasons.add(why)
+  }
+}
+
+/// A bounded FIFO of frames waiting for a port's receive buffers, in fixed slots of one buffer
+/// allocated once. Each slot keeps `headroom` bytes before the frame so the virtio-net header can be
+/// written in place and header + frame copied to the driver as one run. All methods except `count`
+/// need `lock`.
+final class FrameQueue: @unchecked Sendable {
+  static let headroom = 12
+  let lock = Lock()
+  let capacity: Int
+  let maxFrame: Int
+  let slotSize: Int
+  /// The slots, one after the other.
+  let storage: PacketBuffer
+  private var lengths: [Int]
+  private var headers: [NetHeader]
+  private var head = 0
+  private var used = 0
+  /// Frames queued (readable without the lock, to skip empty queues cheaply).
+  let count = Atomic<Int>(0)
+
+  init(capacity: Int, maxFrame: Int) {
+    self.capacity = capacity
+    self.maxFrame = maxFrame
+    slotSize = (Self.headroom + maxFrame + 63) & ~63
+    storage = PacketBuffer(capacity: capacity * slotSize)
+    lengths = Array(repeating: 0, count: capacity)
+    headers = Array(repeating: NetHeader(), count: capacity)
   }
 
-  func add(_ c: PortCounters, to index: Int) {
-    guard c != PortCounters() else { return }
-    lock.withLock {
-      counters[index].packets += c.packets
-      counters[index].bytes += c.bytes
-      counters[index].drops += c.drops
-      counters[index].errors += c.errors
-    }
+  /// Copies a frame in; false when full (or the frame is too large).
+  func push(_ header: NetHeader, _ buffer: PacketBuffer, _ frame: Range<Int>) -> Bool {
+    guard used < capacity, frame.count <= maxFrame else { return false }
+    let i = (head + used) % capacity
+    storage.copy(from: buffer, frame, to: i * slotSize + Self.headroom)
+    lengths[i] = frame.count
+    headers[i] = header
+    used += 1
+    count.store(used, ordering: .releasing)
+    return true
+  }
+
+  /// The oldest frame: its header, the offset of its slot in `storage` (headroom, then the frame)
+  /// and the frame's length.
+  func front() -> (NetHeader, Int, Int)? {
+    guard used > 0 else { return nil }
+    return (headers[head], head * slotSize, lengths[head])
+  }
+
+  func popFront() {
+    guard used > 0 else { return }
+    head = (head + 1) % capacity
+    used -= 1
+    count.store(used, ordering: .releasing)
+  }
+
+  func removeAll() {
+    head = 0
+    used = 0
+    count.store(0, ordering: .releasing)
   }
 }

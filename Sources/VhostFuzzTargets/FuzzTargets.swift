@@ -242,8 +242,25 @@ enum FuzzDevices {
     if which & 2 == 0 {
       guard let blk = blkDevice else { return }
       blk.process(queue)
-    } else {
+    } else if which & 4 == 0 {
       NetDevice(forwarding: .rxonly).process(queue)
+    } else {
+      // The switch path: port A transmits the image's chains (header checks, gathering), the
+      // switch floods them to port B, whose receive queue (over the same ring, as the driver's
+      // buffers) takes them (checksum completion, mergeable buffers, too-small buffers).
+      guard let txRing = try? makeDeviceRing(config, memory: memory) else { return }
+      let sw = NetSwitch(forwarding: .switch, wakeReceivers: false)
+      let a = NetDevice(switch: sw, name: "a", mtu: 1500)
+      let b = NetDevice(switch: sw, name: "b", mtu: 1500)
+      let offered = a.features
+      let pick = VirtioFeatures(rawValue: UInt64(which >> 3) << 15 | UInt64(which >> 5 & 3))
+      a.featuresAcknowledged(offered.intersection(pick.union(.version1)))
+      b.featuresAcknowledged(offered.intersection(pick))
+      let rx = QueueHandle.standalone(index: 0, ring: ring)
+      b.process(rx)  // B's receive ring runs: the port is up
+      a.process(QueueHandle.standalone(index: 1, ring: txRing))
+      b.process(rx)
+      sw.shutdown()
     }
   }
 

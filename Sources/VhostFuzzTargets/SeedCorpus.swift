@@ -10,7 +10,11 @@ extension FuzzTarget {
     case .splitRing: [Seeds.splitRingImage(blk: false)]
     case .packedRing: [Seeds.packedRingImage()]
     case .frontend: Seeds.frontend
-    case .devices: [[0] + Seeds.splitRingImage(blk: true), [2] + Seeds.splitRingImage(blk: false)]
+    case .devices:
+      [
+        [0] + Seeds.splitRingImage(blk: true), [2] + Seeds.splitRingImage(blk: false),
+        [0x07] + Seeds.splitRingImage(blk: false), [0x0f] + Seeds.splitRingImage(blk: false),
+      ]
     }
   }
 }

@@ -27,7 +27,7 @@ public final class SharedMemory: @unchecked Sendable {
   public let size: Int
   /// Offset into `fd` where the mapping starts.
   public let fileOffset: UInt64
-  private let base: UnsafeMutableRawPointer
+  @usableFromInline let base: UnsafeMutableRawPointer
 
   /// Creates a memfd of `size` bytes and maps it read-write (the front-end's guest memory, a log, ...).
   public convenience init(anonymous name: String, size: Int) throws(SystemError) {
@@ -72,8 +72,8 @@ public final class SharedMemory: @unchecked Sendable {
   /// The mapping's address in this process (what a front-end sends as `userspace_addr`).
   public var address: UInt64 { UInt64(UInt(bitPattern: base)) }
 
-  @inline(__always)
-  private func check(_ offset: UInt64, _ length: Int) throws(MemoryAccessError) {
+  @inlinable @inline(__always)
+  func check(_ offset: UInt64, _ length: Int) throws(MemoryAccessError) {
     guard length >= 0, offset <= UInt64(size), UInt64(length) <= UInt64(size) - offset else {
       throw MemoryAccessError(offset: offset, length: UInt64(max(length, 0)), size: UInt64(size))
     }
@@ -131,11 +131,15 @@ public final class SharedMemory: @unchecked Sendable {
     memset(base + Int(offset), Int32(byte), count)
   }
 
+  // Inlinable so that the ring code in other modules gets them specialized (unspecialized, each
+  // access went through generic metadata lookups: a quarter of a busy ring's time).
+  @inlinable
   public func load<T: FixedWidthInteger>(_: T.Type = T.self, at offset: UInt64) throws(MemoryAccessError) -> T {
     try check(offset, MemoryLayout<T>.size)
     return T(littleEndian: base.loadUnaligned(fromByteOffset: Int(offset), as: T.self))
   }
 
+  @inlinable
   public func store<T: FixedWidthInteger>(_ value: T, at offset: UInt64) throws(MemoryAccessError) {
     try check(offset, MemoryLayout<T>.size)
     base.storeBytes(of: value.littleEndian, toByteOffset: Int(offset), as: T.self)

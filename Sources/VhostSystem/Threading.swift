@@ -147,3 +147,28 @@ public final class Locked<Value>: @unchecked Sendable {
     return try body(&value)
   }
 }
+
+/// A per-thread object slot over pthread_key_create(3) (Foundation's `threadDictionary` without
+/// Foundation). A thread's value is released when the thread ends.
+public final class ThreadLocal<Value: AnyObject>: @unchecked Sendable {
+  private var key = pthread_key_t()
+
+  public init() {
+    pthread_key_create(&key) { raw in
+      if let raw { Unmanaged<AnyObject>.fromOpaque(raw).release() }
+    }
+  }
+
+  /// The calling thread's value.
+  public var value: Value? {
+    get {
+      guard let raw = pthread_getspecific(key) else { return nil }
+      return Unmanaged<AnyObject>.fromOpaque(raw).takeUnretainedValue() as? Value
+    }
+    set {
+      if let old = pthread_getspecific(key) { Unmanaged<AnyObject>.fromOpaque(old).release() }
+      let new = newValue.map { Unmanaged.passRetained($0 as AnyObject).toOpaque() }
+      pthread_setspecific(key, new)
+    }
+  }
+}

@@ -202,7 +202,8 @@ public struct Deadline: Sendable {
     Deadline(nanoseconds: Deadline.now() + UInt64(max(milliseconds, 0)) * 1_000_000)
   }
 
-  static func now() -> UInt64 {
+  /// Nanoseconds on CLOCK_MONOTONIC.
+  public static func now() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)

@@ -1,24 +1,125 @@
 import ArgumentParser
+import VhostBackend
 import VhostDevices
+import VhostSystem
+
+#if canImport(Glibc)
+  import Glibc
+#endif
 
 struct Net: ParsableCommand {
-  static let configuration = CommandConfiguration(abstract: "A virtio-net back-end.")
+  static let configuration = CommandConfiguration(
+    abstract: "A virtio-net back-end: every socket (and TAP) is a port of one switch.",
+    discussion: """
+      Forwarding modes: switch (a learning L2 switch between all ports), rxonly (count and drop), \
+      txonly (fill every receive buffer with generated frames), io (port pairs 0<->1, 2<->3, ...). \
+      Counters per port and queue are printed on SIGUSR1 and at exit.
+      """)
   @OptionGroup var options: BackendOptions
-  @Option(help: "Forwarding mode: rxonly (count and drop), txonly (generate frames).")
-  var forward: String = "rxonly"
-  @Option(help: "Queue pairs.") var queues = 1
+  @Option(help: "Forwarding mode: switch, rxonly, txonly or io.")
+  var forward: String = "switch"
+  @Option(help: "Queue pairs per port.") var queues = 1
   @Option(help: "Frame size for txonly.") var txpkts = 64
-  @Option(help: "Largest MTU accepted.") var mtu = 1500
+  @Option(help: "Largest MTU accepted (NET_SET_MTU may lower a port's).") var mtu = 1500
+  @Option(help: "MAC address of the first port (config space); port N gets it plus N.")
+  var mac = "52:54:00:12:34:56"
+  @Option(help: "Add a TAP device as a switch port (created if missing; repeat for several).")
+  var tap: [String] = []
+  @Option(help: "Seconds a learned MAC address stays valid.") var macAgeing: Double = 300
+  @Option(help: "Frames that may wait for a port's receive buffers.") var pendingFrames = 1024
+
+  func validate() throws {
+    guard NetSwitch.Forwarding(rawValue: forward) != nil else {
+      throw ValidationError("--forward must be one of \(NetSwitch.Forwarding.allCases.map(\.rawValue))")
+    }
+    guard (1...128).contains(queues) else { throw ValidationError("--queues must be 1...128") }
+    guard (68...65535).contains(mtu) else { throw ValidationError("--mtu must be 68...65535") }
+    guard (14...(mtu + 18)).contains(txpkts) else { throw ValidationError("--txpkts must be 14...MTU+18") }
+    guard Self.parseMAC(mac) != nil else { throw ValidationError("--mac must look like 52:54:00:12:34:56") }
+    guard (1...65536).contains(pendingFrames) else { throw ValidationError("--pending-frames must be 1...65536") }
+  }
+
+  static func parseMAC(_ s: String) -> [UInt8]? {
+    let parts = s.split(separator: ":")
+    guard parts.count == 6 else { return nil }
+    let bytes = parts.compactMap { $0.count <= 2 ? UInt8($0, radix: 16) : nil }
+    return bytes.count == 6 ? bytes : nil
+  }
+
+  /// The MAC of port `n`: the base address plus n (in its last three bytes).
+  static func mac(_ base: [UInt8], plus n: Int) -> [UInt8] {
+    var v = (UInt32(base[3]) << 16 | UInt32(base[4]) << 8 | UInt32(base[5])) &+ UInt32(n)
+    v &= 0xff_ffff
+    return Array(base[0..<3]) + [UInt8(v >> 16 & 0xff), UInt8(v >> 8 & 0xff), UInt8(v & 0xff)]
+  }
 
   func run() throws {
-    guard let mode = NetDevice.Forwarding(rawValue: forward) else {
-      throw ValidationError("--forward must be one of \(NetDevice.Forwarding.allCases.map(\.rawValue))")
+    let mode = NetSwitch.Forwarding(rawValue: forward) ?? .switch
+    let base = Self.parseMAC(mac) ?? [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+    if options.printCapabilities {
+      print("{\n  \"type\": \"net\",\n  \"features\": []\n}")
+      return
     }
-    let device = NetDevice(forwarding: mode, pairs: queues, mtu: UInt16(mtu), txFrameSize: txpkts)
-    try options.serve(device)
-    let r = device.received
-    let d = device.delivered
-    print("received from driver: \(r.packets) packets, \(r.bytes) bytes, \(r.errors) errors")
-    print("delivered to driver:  \(d.packets) packets, \(d.bytes) bytes, \(d.drops) drops")
+    // SIGUSR1 prints the counters; it is blocked in every thread (all started after this) and
+    // taken with sigwait on one.
+    var usr1 = sigset_t()
+    sigemptyset(&usr1)
+    sigaddset(&usr1, SIGUSR1)
+    pthread_sigmask(SIG_BLOCK, &usr1, nil)
+
+    let configuration = options.configuration
+    let sw = NetSwitch(
+      forwarding: mode, ageingSeconds: macAgeing,
+      wakeReceivers: !configuration.poll && (mode == .switch || mode == .io))
+    var ports: [NetDevice] = []
+    var servers: [BackendServer] = []
+    func addPort(_ listener: UnixListener, name: String) {
+      let port = NetDevice(
+        switch: sw, name: name, pairs: queues, mac: Self.mac(base, plus: ports.count), mtu: UInt16(mtu),
+        txFrameSize: txpkts, pendingFrames: pendingFrames)
+      ports.append(port)
+      servers.append(port.makeServer(listener: listener, configuration: configuration))
+    }
+    if let fd = options.fd { addPort(UnixListener(inheriting: OwnedFD(taking: fd)), name: "fd \(fd)") }
+    for path in options.socketPath { addPort(try UnixListener(path: path), name: "socket \(path)") }
+    var taps: [NetTap] = []
+    for name in tap {
+      let t = try NetTap(name: name, mtu: mtu)
+      sw.add(t)
+      taps.append(t)
+    }
+
+    let all = servers
+    // Threads started from here on inherit the blocked SIGTERM/SIGINT/SIGUSR1.
+    SignalThread.start { for s in all { s.stop() } }
+    try? SystemThread.start(name: "vhost-net-stats") {
+      while true {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGUSR1)
+        var sig: Int32 = 0
+        if sigwait(&set, &sig) == 0 {
+          Self.emit(sw.report())
+        }
+      }
+    }
+    for t in taps { t.start() }
+    for s in servers.dropLast() { s.startInBackground() }
+    servers.last?.run()
+    for s in servers.dropLast() { s.stopAndWait() }
+    for t in taps { t.stop() }
+    sw.shutdown()
+    for path in options.socketPath { unlink(path) }
+    let r = ports.reduce(NetCounters()) { $0 + $1.received }
+    let d = ports.reduce(NetCounters()) { $0 + $1.delivered }
+    Self.emit(
+      sw.report()
+        + "\nreceived from drivers: \(r.packets) packets, \(r.bytes) bytes, \(r.drops) drops, \(r.errors) errors"
+        + "\ndelivered to drivers:  \(d.packets) packets, \(d.bytes) bytes, \(d.drops) drops, \(d.errors) errors")
+  }
+
+  /// Writes a report to stderr at once (unbuffered, whole lines), so stdout stays clean.
+  static func emit(_ text: String) {
+    writeStandardError(text + "\n")
   }
 }

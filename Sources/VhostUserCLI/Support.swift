@@ -24,10 +24,15 @@ func decimal(_ value: Double, _ places: Int) -> String {
 }
 
 /// Writes `text` to standard output at once (write(2), unbuffered).
-func writeStandardOutput(_ text: String) {
+func writeStandardOutput(_ text: String) { writeAll(STDOUT_FILENO, text) }
+
+/// Writes `text` to standard error at once (write(2), unbuffered).
+func writeStandardError(_ text: String) { writeAll(STDERR_FILENO, text) }
+
+private func writeAll(_ fd: Int32, _ text: String) {
   var bytes = Array(text.utf8)[...]
   while !bytes.isEmpty {
-    let n = bytes.withUnsafeBytes { write(STDOUT_FILENO, $0.baseAddress, $0.count) }
+    let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     if n < 0 && errno == EINTR { continue }
     if n <= 0 { return }
     bytes = bytes.dropFirst(n)

@@ -85,11 +85,13 @@ struct ChainBuilder {
     } catch {
       throw .unmapped("descriptor of chain \(head): \(error)")
     }
+    // The first buffer's segments become the array (no copy): a one-descriptor chain costs one
+    // allocation.
     if isWritable {
-      writable += segs
+      if writable.isEmpty { writable = segs } else { writable += segs }
     } else {
       guard writable.isEmpty else { throw .readableAfterWritable(head: head) }
-      readable += segs
+      if readable.isEmpty { readable = segs } else { readable += segs }
     }
   }
 

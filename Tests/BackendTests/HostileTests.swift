@@ -284,8 +284,11 @@ extension BackendTests {
       let sameUVA = MemoryRegion(
         guestPhysAddr: 0x80_0000, memorySize: 64 << 10, userAddr: a.address + 0x100, mmapOffset: 0)
       #expect(try client.exchange(.addMemReg, .singleRegion(SingleMemoryRegion(regionA)), fds: [a.fd]).u64 == 0)
+      // The same region again (QEMU 7.2 sends it once per vhost_dev of a multi-queue net device) is
+      // accepted and counted: it takes one more REM_MEM_REG to go.
+      #expect(try client.exchange(.addMemReg, .singleRegion(SingleMemoryRegion(regionA)), fds: [a.fd]).u64 == 0)
       for (what, region, fd) in [
-        ("twice", regionA, a.fd), ("overlapping in GPA", sameGPA, b.fd), ("overlapping in UVA", sameUVA, b.fd),
+        ("overlapping in GPA", sameGPA, b.fd), ("overlapping in UVA", sameUVA, b.fd),
       ] {
         expectRefusal(
           try client.exchange(.addMemReg, .singleRegion(SingleMemoryRegion(region)), fds: [fd]), to: .addMemReg, what)
@@ -296,8 +299,9 @@ extension BackendTests {
         try client.exchange(.addMemReg, .singleRegion(SingleMemoryRegion(tooBig)), fds: [b.fd]), to: .addMemReg,
         "larger than its file")
       #expect(try client.exchange(.remMemReg, .singleRegion(SingleMemoryRegion(regionA))).u64 == 0)
+      #expect(try client.exchange(.remMemReg, .singleRegion(SingleMemoryRegion(regionA))).u64 == 0)
       expectRefusal(
-        try client.exchange(.remMemReg, .singleRegion(SingleMemoryRegion(regionA))), to: .remMemReg, "twice")
+        try client.exchange(.remMemReg, .singleRegion(SingleMemoryRegion(regionA))), to: .remMemReg, "a third time")
       try expectInStep(client, features: features, "ADD/REM_MEM_REG abuse")
     }
     // GET_VRING_BASE on a ring never set up at all.

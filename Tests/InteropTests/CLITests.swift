@@ -20,7 +20,7 @@ struct CLITests {
     return b
   }
 
-  @Test("--print-capabilities prints the conventions' JSON and exits 0", arguments: ["blk", "rng"])
+  @Test("--print-capabilities prints the conventions' JSON and exits 0", arguments: ["blk", "net", "rng"])
   func capabilities(command: String) throws {
     guard let bin = Self.binary() else { return }
     let dir = try TemporaryDirectory()

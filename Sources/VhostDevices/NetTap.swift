@@ -1,0 +1,148 @@
+import Synchronization
+import VhostSystem
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// A Linux TAP device as a switch port. Opened with IFF_VNET_HDR (12-byte header), so checksum
+/// offload requests (NEEDS_CSUM) pass between guests and the host stack unchanged. A reader thread
+/// takes frames from the TAP into the switch; frames for the TAP are written from the sender's
+/// thread (one writev each, which the kernel keeps whole).
+public final class NetTap: NetPort, @unchecked Sendable {
+  public let name: String
+  public let mtu: Int
+  public var portName: String { "tap \(name)" }
+  private let tap: OwnedFD
+  private var fd: Int32 { tap.rawValue }
+  private let index = Atomic<Int>(-1)
+  private let stopping = Atomic<Bool>(false)
+  private let finished = Condition()
+  private var running = false
+  private weak var netSwitch: NetSwitch?
+  private let toTap = CounterCell()
+  private let fromTap = CounterCell()
+  private let reasons = ReasonCounts()
+  static let headerLength = 12
+
+  /// Opens (creating if needed) the TAP device `name` (at most 15 bytes). Needs CAP_NET_ADMIN.
+  public init(name: String, mtu: Int = 1500) throws {
+    self.name = name
+    self.mtu = mtu
+    tap = try TapDevice.open(name: name, headerLength: Int32(Self.headerLength))
+  }
+
+  deinit { stop() }
+
+  public var switchIndex: Int { index.load(ordering: .relaxed) }
+  public func attached(to sw: NetSwitch, index i: Int) {
+    netSwitch = sw
+    index.store(i, ordering: .relaxed)
+  }
+  public var isUp: Bool { !stopping.load(ordering: .relaxed) }
+
+  /// Starts the reader thread.
+  public func start() {
+    finished.withLock { running = true }
+    do {
+      try SystemThread.start(name: "vhost-tap-\(name)") { [self] in
+        readLoop()
+        finished.withLock {
+          running = false
+          finished.broadcast()
+        }
+      }
+    } catch {
+      finished.withLock { running = false }
+    }
+  }
+
+  /// Ends the reader thread.
+  public func stop() {
+    stopping.store(true, ordering: .releasing)
+    finished.withLock {
+      while running { _ = finished.wait(until: .after(milliseconds: 1000)) }
+    }
+  }
+
+  private func readLoop() {
+    let capacity = Self.headerLength + 65536
+    let buffer = PacketBuffer(capacity: capacity)
+    let maxFrame = Ethernet.maxFrame(mtu: mtu)
+    while !stopping.load(ordering: .acquiring) {
+      guard TapDevice.waitReadable(fd, milliseconds: 200) else { continue }
+      guard let sw = netSwitch else { return }
+      var burst = sw.burst(from: switchIndex)
+      var c = NetCounters()
+      var why: [NetDropReason: Int] = [:]
+      for _ in 0..<32 {
+        let n = buffer.read(fd: fd)
+        if n < 0 {
+          if errno == EINTR { continue }
+          break  // EAGAIN: nothing more for now (or the device went away)
+        }
+        if n == 0 { break }
+        let length = n
+        if length < Self.headerLength + Ethernet.headerLength {
+          c.errors += 1
+          why[.runt, default: 0] += 1
+          continue
+        }
+        let header = NetHeader(buffer, at: 0, length: Self.headerLength)
+        let frame = Self.headerLength..<length
+        if frame.count > maxFrame {
+          c.errors += 1
+          why[.oversize, default: 0] += 1
+          continue
+        }
+        if let p = header.problem(frameLength: frame.count, csumNegotiated: true) {
+          c.errors += 1
+          why[p, default: 0] += 1
+          continue
+        }
+        c.packets += 1
+        c.bytes += frame.count
+        if let r = sw.forward(&burst, header: header, frame: buffer, frame) {
+          c.drops += 1
+          why[r, default: 0] += 1
+        }
+      }
+      burst.finish()
+      fromTap.add(c)
+      reasons.add(why)
+    }
+  }
+
+  public func enqueue(header: NetHeader, frame buffer: PacketBuffer, _ frame: Range<Int>) -> NetDropReason? {
+    var h = header
+    h.numBuffers = 0
+    h.gsoType = NetHeader.gsoNone
+    h.gsoSize = 0
+    h.hdrLen = 0
+    h.flags &= NetHeader.needsCsum
+    let hb = PacketBuffer(capacity: Self.headerLength)
+    h.write(to: hb, at: 0, length: Self.headerLength)
+    let written = PacketBuffer.writev(fd: fd, hb, 0..<Self.headerLength, buffer, frame)
+    guard written == Self.headerLength + frame.count else {
+      toTap.add(NetCounters(drops: 1))
+      reasons.add(.tapWrite)
+      return .tapWrite
+    }
+    toTap.add(NetCounters(packets: 1, bytes: frame.count))
+    return nil
+  }
+
+  public func wakeReceiver() {}
+
+  /// Frames written to the TAP (delivered to the host stack) and read from it.
+  public var delivered: NetCounters { toTap.value }
+  public var received: NetCounters { fromTap.value }
+  public var dropReasons: [NetDropReason: Int] { reasons.value }
+
+  public func report() -> String {
+    var lines = ["  to tap: \(toTap.value)", "  from tap: \(fromTap.value)"]
+    let r = reasons.text
+    if !r.isEmpty { lines.append("  dropped: \(r)") }
+    return lines.joined(separator: "\n")
+  }
+}
