@@ -392,6 +392,10 @@ extension BackendSession {
     }
     guard case .vringState(let s) = p, s.num <= 1 else { throw RequestFailure("SET_VRING_ENABLE num must be 0 or 1") }
     let q = try queue(s.index, .setVringEnable)
+    // Disabling: what the driver published while the ring was enabled is served first, as the
+    // worker would have. (DPDK's virtio_user disables its rings, then sends GET_VRING_BASE: without
+    // this, frames it counted as sent would be left in the ring.)
+    if s.num == 0 { q.service(device) }
     q.lock.withLock { q.enabled = s.num == 1 }
     rearmWorkers()
   }

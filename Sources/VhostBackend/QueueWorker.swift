@@ -126,8 +126,13 @@ extension BackendSession {
     for g in groups {
       do {
         let w = try QueueWorker(queues: g, device: device, poll: configuration.poll)
-        try w.start()
         for q in g { q.worker = w }
+        do {
+          try w.start()
+        } catch {
+          for q in g { q.worker = nil }
+          throw error
+        }
         workers.append(w)
       } catch {
         log.error("no worker for queues \(g.map(\.index)): \(error)")

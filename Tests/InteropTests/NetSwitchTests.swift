@@ -382,7 +382,6 @@ struct NetSwitchTests {
     #expect(reasons[.runt] == 1)
     #expect(reasons[.badChecksumOffsets] == 2)
     #expect(reasons[.unsupportedGSO] == 1)
-    #expect(reasons[.missingHeader] != nil)
     #expect(try b.receiveAny(seconds: 0.3).isEmpty, "a refused frame reached B")
 
     // 6. A header split over three descriptors (5 + 4 + 3 bytes), then the frame in two pieces:
@@ -420,9 +419,7 @@ struct NetSwitchTests {
     #expect(atC.map { Array($0.1[40..<42]) } == [0x12, 0x34], "C's frame was changed")
 
     // 8. Receive buffers too small: B posts 32-byte buffers only (after using up the big ones).
-    let bBig = h.ports[1].delivered.packets
     let c0 = h.ports[1].dropReasons[.rxBufferTooSmall] ?? 0
-    _ = bBig
     b.close()  // B comes back with small buffers
     #expect(netWait { h.servers[1].currentSession == nil })
     let small = try NetTestNIC(path: h.path(1), features: Self.features)
