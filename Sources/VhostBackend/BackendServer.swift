@@ -2,6 +2,10 @@ import Logging
 import Synchronization
 import VhostSystem
 
+#if canImport(Glibc)
+  import Glibc
+#endif
+
 /// Serves a device on a listening socket, one front-end at a time. When the front-end goes away
 /// the device is reset and the next connection is served (QEMU's reconnect).
 public final class BackendServer: @unchecked Sendable {
@@ -29,6 +33,13 @@ public final class BackendServer: @unchecked Sendable {
       do {
         socket = try listener.accept(timeoutMilliseconds: 200)
       } catch {
+        // Out of descriptors or memory: that connection is lost, the server is not. Back off
+        // (the pending connection keeps the listener readable) and try again.
+        if [EMFILE, ENFILE, ENOBUFS, ENOMEM, EPROTO, EPERM].contains(error.errno) {
+          configuration.logger.error("accept: \(error); retrying")
+          _ = poll(nil, 0, 100)
+          continue
+        }
         configuration.logger.error("accept: \(error)")
         return
       }
