@@ -307,7 +307,8 @@ struct NetSwitchTests {
     #expect(h.netSwitch.port(of: macB) == nil)
     try nics[0].send(ethernetFrame(dst: macB, src: macA, payload: [2]))
     #expect(netWait { h.ports[0].received.drops == 1 }, "\(h.netSwitch.report())")
-    #expect(h.ports[0].dropReasons[.noDestination] == 1)
+    // Reasons are added just after the counters.
+    #expect(netWait { h.ports[0].dropReasons[.noDestination] == 1 })
     // B comes back and gets frames again.
     let b = try NetTestNIC(path: h.path(1), features: Self.features)
     try b.postRx(count: 16, size: 2048)
@@ -326,7 +327,10 @@ struct NetSwitchTests {
     for i in 0..<50 { try nics[1].send(ethernetFrame(dst: other, src: other, payload: [UInt8(i)])) }
     #expect(try nics[1].receive(100).map { $0.1.last! } == (0..<100).map { UInt8($0) })
     #expect(try nics[0].receive(50).count == 50)
-    #expect(h.ports[0].delivered.packets == 50 && h.ports[1].delivered.packets == 100)
+    // Counters are added once a burst is done, just after its frames were published.
+    #expect(
+      netWait { h.ports[0].delivered.packets == 50 && h.ports[1].delivered.packets == 100 },
+      "delivered \(h.ports[0].delivered.packets), \(h.ports[1].delivered.packets)")
   }
 
   @Test("hostile driver: each bad chain is dropped and counted by reason; nothing crashes; others keep forwarding")
@@ -374,7 +378,7 @@ struct NetSwitchTests {
     try a.send(frameToB, header: gso)
     #expect(a.drainTx())
     #expect(
-      netWait { h.ports[0].received.errors == 8 },
+      netWait { h.ports[0].received.errors == 8 && h.ports[0].dropReasons.values.reduce(0, +) == 8 },
       "errors \(h.ports[0].received): \(h.ports[0].dropReasons)\n\(h.netSwitch.report())")
     let reasons = h.ports[0].dropReasons
     #expect(reasons[.oversize] == 1)
