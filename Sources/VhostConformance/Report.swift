@@ -1,3 +1,5 @@
+import VhostProtocol
+
 /// How one check came out.
 public enum CheckOutcome: String, Sendable, Hashable, CaseIterable {
   /// The back-end follows the rule.
@@ -65,28 +67,6 @@ public struct CheckSummary: Sendable, Hashable {
 
   /// One JSON object: `{"summary":{"pass":..,"fail":..,"skip":..}}`.
   public var json: String { "{\"summary\":{\"pass\":\(pass),\"fail\":\(fail),\"skip\":\(skip)}}" }
-}
-
-/// A JSON string literal (RFC 8259 escaping).
-func jsonString(_ s: String) -> String {
-  var out = "\""
-  for u in s.unicodeScalars {
-    switch u {
-    case "\"": out += "\\\""
-    case "\\": out += "\\\\"
-    case "\n": out += "\\n"
-    case "\r": out += "\\r"
-    case "\t": out += "\\t"
-    default:
-      if u.value < 0x20 {
-        let hex = String(u.value, radix: 16)
-        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-      } else {
-        out.unicodeScalars.append(u)
-      }
-    }
-  }
-  return out + "\""
 }
 
 func hex<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }

@@ -92,17 +92,7 @@ public struct ProbeReport: Sendable {
 
   /// One JSON object.
   public var json: String {
-    func str(_ s: String) -> String {
-      var out = "\""
-      for c in s {
-        switch c {
-        case "\\": out += "\\\\"
-        case "\"": out += "\\\""
-        default: out.append(c)
-        }
-      }
-      return out + "\""
-    }
+    func str(_ s: String) -> String { jsonString(s) }
     func list(_ a: [String]) -> String { "[" + a.map(str).joined(separator: ",") + "]" }
     let dev = inferredDevice
     var fields: [String] = []

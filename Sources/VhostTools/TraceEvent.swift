@@ -1,3 +1,5 @@
+import VhostProtocol
+
 /// Which way a message went, and on which channel.
 public enum TraceDirection: String, Sendable, Hashable, CaseIterable {
   /// A front-end request (or, unusually, reply) on the main channel.
@@ -182,27 +184,6 @@ func seconds(_ nanoseconds: UInt64) -> String {
   let micros = nanoseconds / 1000
   let fraction = String(micros % 1_000_000)
   return String(micros / 1_000_000) + "." + String(repeating: "0", count: 6 - fraction.count) + fraction
-}
-
-func jsonString(_ s: String) -> String {
-  var out = "\""
-  for scalar in s.unicodeScalars {
-    switch scalar {
-    case "\"": out += "\\\""
-    case "\\": out += "\\\\"
-    case "\n": out += "\\n"
-    case "\r": out += "\\r"
-    case "\t": out += "\\t"
-    default:
-      if scalar.value < 0x20 {
-        let h = String(scalar.value, radix: 16)
-        out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
-      } else {
-        out.unicodeScalars.append(scalar)
-      }
-    }
-  }
-  return out + "\""
 }
 
 func jsonObject(_ fields: [TraceField]) -> String {
