@@ -181,3 +181,8 @@ int _cvh_set_thread_name(const char *name) {
   buf[sizeof buf - 1] = 0;
   return pthread_setname_np(pthread_self(), buf);
 }
+
+#include <linux/if_tun.h>
+#include <sys/ioctl.h>
+int _cvh_tun_set_offload(int fd, unsigned int flags) { return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags); }
+unsigned int _cvh_tun_tcp_offloads(void) { return TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN; }

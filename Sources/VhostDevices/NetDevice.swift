@@ -34,6 +34,7 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   private let index = Atomic<Int>(-1)
   private let queueCounters: [CounterCell]
   private let reasons = ReasonCounts()
+  private let segmentation = SegmentationCounts()
   let pending: FrameQueue
   private let sessionLock = Lock()
   private weak var session: BackendSession?
@@ -61,8 +62,11 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     currentMTU = Atomic(Int(max(mtu, 68)))
     queueCounters = (0..<(self.pairs * 2)).map { _ in CounterCell() }
     let maxFrame = Ethernet.maxFrame(mtu: Int(max(mtu, 68)))
-    // At most ~16 MiB of pending frames per port, and at least 64 frames.
-    pending = FrameQueue(capacity: max(64, min(pendingFrames, (16 << 20) / (maxFrame + 64))), maxFrame: maxFrame)
+    // At most ~16 MiB of pending frames per port: 12 MiB of slots (at least 64 frames) and 4 MiB for
+    // GSO frames passed on whole.
+    pending = FrameQueue(
+      capacity: max(64, min(pendingFrames, (12 << 20) / (maxFrame + 64))), maxFrame: maxFrame,
+      largeBytes: FrameQueue.defaultLargeBytes)
     sw.add(self)
   }
 
@@ -74,6 +78,13 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
       NetFeature.mtu,
     ]
     if pairs > 1 { f.insert(NetFeature.mq) }
+    // TSO in both directions where frames are forwarded (rxonly and txonly only count and generate).
+    if forwarding == .switch || forwarding == .io {
+      f.formUnion([
+        NetFeature.hostTso4, NetFeature.hostTso6, NetFeature.hostEcn, NetFeature.guestTso4, NetFeature.guestTso6,
+        NetFeature.guestEcn,
+      ])
+    }
     return f
   }
   public var extraProtocolFeatures: ProtocolFeatures { [.mtu, .rarp] }
@@ -157,11 +168,48 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   public var isUp: Bool { up.load(ordering: .acquiring) }
 
   public func enqueue(header: NetHeader, frame buffer: PacketBuffer, _ frame: Range<Int>) -> NetDropReason? {
-    let ok = pending.lock.withLock { pending.push(header, buffer, frame) }
+    var h = header
+    if header.isGSO {
+      // The sender checked the frame against its own limits; the layout is taken again here.
+      guard
+        case .ok(let layout) = GSOLayout.parse(
+          header, buffer, frame, features: GSOLayout.anySender, maxFrame: Ethernet.maxGSOFrame)
+      else {
+        queueCounters[0].add(NetCounters(drops: 1))
+        reasons.add(.badGSO)
+        return .badGSO
+      }
+      guard GSOLayout.receivable(header.gsoType, features: acked) else {
+        return enqueueSegments(buffer, frame, layout: layout)
+      }
+      h = layout.passThroughHeader(header)
+    }
+    let ok = pending.lock.withLock { pending.push(h, buffer, frame) }
     if ok { return nil }
     queueCounters[0].add(NetCounters(drops: 1))
-    reasons.add(frame.count > pending.maxFrame ? .oversize : .rxQueueFull)
+    reasons.add(frame.count > pending.maxFrame && !h.isGSO ? .oversize : .rxQueueFull)
     return .rxQueueFull
+  }
+
+  /// Queues a GSO frame this port's driver cannot take whole as TCP segments (see `Segmenter`).
+  /// Returns a reason when any segment was dropped (each is counted here).
+  private func enqueueSegments(_ buffer: PacketBuffer, _ frame: Range<Int>, layout: GSOLayout) -> NetDropReason? {
+    var dropped = 0
+    var oversize = 0
+    pending.lock.withLock {
+      Segmenter.segment(buffer, frame, layout: layout) { h, b, range in
+        if !pending.push(h, b, range) {
+          dropped += 1
+          if range.count > pending.maxFrame { oversize += 1 }
+        }
+      }
+    }
+    segmentation.add(frames: 1, segments: layout.segments)
+    guard dropped > 0 else { return nil }
+    queueCounters[0].add(NetCounters(drops: dropped))
+    if oversize > 0 { reasons.add(.oversize, oversize) }
+    if dropped > oversize { reasons.add(.rxQueueFull, dropped - oversize) }
+    return oversize > 0 ? .oversize : .rxQueueFull
   }
 
   public func wakeReceiver() {
@@ -187,6 +235,9 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   /// Drops and errors by reason.
   public var dropReasons: [NetDropReason: Int] { reasons.value }
 
+  /// GSO frames for this port cut into segments (its driver did not take them whole).
+  public var segmented: SegmentationCounters { segmentation.value }
+
   public func report() -> String {
     var lines: [String] = []
     for (i, c) in queueCounters.enumerated() {
@@ -195,6 +246,8 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     }
     let r = reasons.text
     if !r.isEmpty { lines.append("  dropped: \(r)") }
+    let g = segmentation.value
+    if g.frames > 0 { lines.append("  \(g)") }
     return lines.joined(separator: "\n")
   }
 
@@ -248,14 +301,19 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
       return
     }
 
-    let csum = features.contains(NetFeature.csum)
+    // With TSO a frame may be up to 64 KiB; which limit applies is known once the header is read.
+    let tso = !features.intersection([NetFeature.hostTso4, NetFeature.hostTso6]).isEmpty
+    let limit = tso ? max(maxFrame, Ethernet.maxGSOFrame) : maxFrame
     var burst = netSwitch.burst(from: switchIndex)
     // One copy out of guest memory (gathering a header or frame split over descriptors);
     // everything below looks only at the copy, so the driver cannot change it under us.
-    let buffer = gatherBuffer(size: hdr + maxFrame)
+    let buffer = gatherBuffer(size: hdr + limit)
     while let chain = queue.next() {
       let length = chain.readableLength
-      if let p = sizeProblem(length) {
+      let p: NetDropReason? =
+        length < hdr
+        ? .missingHeader : length - hdr < Ethernet.headerLength ? .runt : length - hdr > limit ? .oversize : nil
+      if let p {
         queue.complete(chain, written: 0)
         c.errors += 1
         why[p, default: 0] += 1
@@ -274,7 +332,7 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
       if n % 32 == 0 { queue.notifyIfNeeded() }
       let header = NetHeader(buffer, at: 0, length: hdr)
       let frame = hdr..<length
-      if let p = header.problem(frameLength: frame.count, csumNegotiated: csum) {
+      if let p = header.problem(buffer: buffer, frame: frame, features: features, maxFrame: maxFrame) {
         c.errors += 1
         why[p, default: 0] += 1
         continue
@@ -317,23 +375,31 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     var why: [NetDropReason: Int] = [:]
     var n = 0
     pending.lock.withLock {
-      while let (header, slot, length) = pending.front() {
+      while let (header, storage, frame) = pending.front() {
+        let length = frame.count
         var h = header
-        let frame = (slot + FrameQueue.headroom)..<(slot + FrameQueue.headroom + length)
+        if h.isGSO && !GSOLayout.receivable(h.gsoType, features: features) {
+          // Queued whole under features since renegotiated: not for this driver.
+          pending.popFront()
+          c.drops += 1
+          why[.unsupportedGSO, default: 0] += 1
+          continue
+        }
         if h.flags & NetHeader.needsCsum != 0 && !guestCsum {
-          completeChecksum(pending.storage, frame: frame, start: Int(h.csumStart), offset: Int(h.csumOffset))
+          completeChecksum(storage, frame: frame, start: Int(h.csumStart), offset: Int(h.csumOffset))
           h = NetHeader()
         }
         h.flags &= NetHeader.needsCsum
-        h.gsoType = NetHeader.gsoNone
-        h.gsoSize = 0
-        h.hdrLen = 0
+        if !h.isGSO {
+          h.gsoSize = 0
+          h.hdrLen = 0
+        }
         if h.flags == 0 {
           h.csumStart = 0
           h.csumOffset = 0
         }
         let outcome = deliver(
-          header: h, packet: pending.storage, (frame.lowerBound - hdr)..<frame.upperBound, headerLength: hdr,
+          header: h, packet: storage, (frame.lowerBound - hdr)..<frame.upperBound, headerLength: hdr,
           mergeable: mergeable, into: queue)
         if case .noBuffers = outcome { break }
         pending.popFront()
@@ -451,37 +517,59 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
 
 /// A bounded FIFO of frames waiting for a port's receive buffers, in fixed slots of one buffer
 /// allocated once. Each slot keeps `headroom` bytes before the frame so the virtio-net header can be
-/// written in place and header + frame copied to the driver as one run. All methods except `count`
-/// need `lock`.
+/// written in place and header + frame copied to the driver as one run. GSO frames larger than a
+/// slot (passed on whole to a driver that takes them) take a slot for their place in the order and
+/// their bytes go to a second buffer of `largeBytes`, used as a ring of variable-size runs. All
+/// methods except `count` need `lock`.
 final class FrameQueue: @unchecked Sendable {
   static let headroom = 12
+  /// Room for 64 GSO frames of 64 KiB.
+  static let defaultLargeBytes = 4 << 20
   let lock = Lock()
   let capacity: Int
   let maxFrame: Int
   let slotSize: Int
   /// The slots, one after the other.
   let storage: PacketBuffer
+  /// Large frames (headroom, then the frame), allocated in order from a ring.
+  let large: PacketBuffer
   private var lengths: [Int]
   private var headers: [NetHeader]
+  /// Where a slot's frame is in `large` (headroom included), or -1 when it is in the slot.
+  private var largeOffsets: [Int]
+  /// The runs of `large` in use, oldest first.
+  private var largeRuns: [Range<Int>] = []
+  private var largeFirst = 0
   private var head = 0
   private var used = 0
   /// Frames queued (readable without the lock, to skip empty queues cheaply).
   let count = Atomic<Int>(0)
 
-  init(capacity: Int, maxFrame: Int) {
+  init(capacity: Int, maxFrame: Int, largeBytes: Int = 0) {
     self.capacity = capacity
     self.maxFrame = maxFrame
     slotSize = (Self.headroom + maxFrame + 63) & ~63
     storage = PacketBuffer(capacity: capacity * slotSize)
+    large = PacketBuffer(capacity: max(largeBytes, 1))
     lengths = Array(repeating: 0, count: capacity)
     headers = Array(repeating: NetHeader(), count: capacity)
+    largeOffsets = Array(repeating: -1, count: capacity)
   }
 
-  /// Copies a frame in; false when full (or the frame is too large).
+  /// Copies a frame in; false when full (or the frame is too large: only GSO frames may be larger
+  /// than `maxFrame`, up to `Ethernet.maxGSOFrame`).
   func push(_ header: NetHeader, _ buffer: PacketBuffer, _ frame: Range<Int>) -> Bool {
-    guard used < capacity, frame.count <= maxFrame else { return false }
+    guard used < capacity else { return false }
     let i = (head + used) % capacity
-    storage.copy(from: buffer, frame, to: i * slotSize + Self.headroom)
+    if frame.count <= maxFrame {
+      storage.copy(from: buffer, frame, to: i * slotSize + Self.headroom)
+      largeOffsets[i] = -1
+    } else {
+      guard header.isGSO, frame.count <= Ethernet.maxGSOFrame, let at = allocateLarge(Self.headroom + frame.count)
+      else { return false }
+      large.copy(from: buffer, frame, to: at + Self.headroom)
+      largeOffsets[i] = at
+    }
     lengths[i] = frame.count
     headers[i] = header
     used += 1
@@ -489,15 +577,56 @@ final class FrameQueue: @unchecked Sendable {
     return true
   }
 
-  /// The oldest frame: its header, the offset of its slot in `storage` (headroom, then the frame)
-  /// and the frame's length.
-  func front() -> (NetHeader, Int, Int)? {
+  /// A run of `size` bytes of `large` after the newest run (or at the start, wrapping), not
+  /// overlapping the runs in use; nil when there is no room.
+  private func allocateLarge(_ size: Int) -> Int? {
+    let size = (size + 63) & ~63
+    let live = largeRuns.count - largeFirst
+    var at: Int?
+    if live == 0 {
+      largeRuns.removeAll(keepingCapacity: true)
+      largeFirst = 0
+      at = size <= large.capacity ? 0 : nil
+    } else {
+      let oldest = largeRuns[largeFirst]
+      let newest = largeRuns[largeRuns.count - 1]
+      if newest.lowerBound >= oldest.lowerBound {
+        // Not wrapped: free space after the newest run, then before the oldest.
+        if newest.upperBound + size <= large.capacity {
+          at = newest.upperBound
+        } else if size <= oldest.lowerBound {
+          at = 0
+        }
+      } else if newest.upperBound + size <= oldest.lowerBound {
+        at = newest.upperBound
+      }
+    }
+    guard let at else { return nil }
+    largeRuns.append(at..<(at + size))
+    return at
+  }
+
+  /// The oldest frame: its header, the buffer holding it and its range there (with `headroom`
+  /// bytes before it that may be overwritten).
+  func front() -> (NetHeader, PacketBuffer, Range<Int>)? {
     guard used > 0 else { return nil }
-    return (headers[head], head * slotSize, lengths[head])
+    let at = largeOffsets[head]
+    let start = (at >= 0 ? at : head * slotSize) + Self.headroom
+    return (headers[head], at >= 0 ? large : storage, start..<(start + lengths[head]))
   }
 
   func popFront() {
     guard used > 0 else { return }
+    if largeOffsets[head] >= 0 {
+      largeFirst += 1
+      if largeFirst == largeRuns.count {
+        largeRuns.removeAll(keepingCapacity: true)
+        largeFirst = 0
+      } else if largeFirst >= 64 {
+        largeRuns.removeFirst(largeFirst)
+        largeFirst = 0
+      }
+    }
     head = (head + 1) % capacity
     used -= 1
     count.store(used, ordering: .releasing)
@@ -506,6 +635,8 @@ final class FrameQueue: @unchecked Sendable {
   func removeAll() {
     head = 0
     used = 0
+    largeRuns.removeAll(keepingCapacity: true)
+    largeFirst = 0
     count.store(0, ordering: .releasing)
   }
 }

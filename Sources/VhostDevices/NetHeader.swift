@@ -7,6 +7,18 @@ public enum NetFeature {
   public static let guestCsum = VirtioFeatures(bit: 1)
   public static let mtu = VirtioFeatures(bit: 3)
   public static let mac = VirtioFeatures(bit: 5)
+  /// The driver takes TCP/IPv4 GSO frames (needs GUEST_CSUM).
+  public static let guestTso4 = VirtioFeatures(bit: 7)
+  /// The driver takes TCP/IPv6 GSO frames (needs GUEST_CSUM).
+  public static let guestTso6 = VirtioFeatures(bit: 8)
+  /// The driver takes TSO frames with the ECN bit (needs GUEST_TSO4 or GUEST_TSO6).
+  public static let guestEcn = VirtioFeatures(bit: 9)
+  /// The device takes TCP/IPv4 GSO frames from the driver (needs CSUM).
+  public static let hostTso4 = VirtioFeatures(bit: 11)
+  /// The device takes TCP/IPv6 GSO frames from the driver (needs CSUM).
+  public static let hostTso6 = VirtioFeatures(bit: 12)
+  /// The device takes TSO frames with the ECN bit (needs HOST_TSO4 or HOST_TSO6).
+  public static let hostEcn = VirtioFeatures(bit: 13)
   public static let mrgRxbuf = VirtioFeatures(bit: 15)
   public static let status = VirtioFeatures(bit: 16)
   public static let ctrlVq = VirtioFeatures(bit: 17)
@@ -21,6 +33,8 @@ enum Ethernet {
   static let vlanLength = 4
   /// The largest frame (without FCS) for `mtu`.
   static func maxFrame(mtu: Int) -> Int { mtu + headerLength + vlanLength }
+  /// The largest GSO frame: an IP packet of at most 65535 bytes behind an Ethernet header and a VLAN tag.
+  static let maxGSOFrame = 65535 + headerLength + vlanLength
 }
 
 /// `struct virtio_net_hdr` (with `num_buffers`: `virtio_net_hdr_mrg_rxbuf`), little-endian:
@@ -29,6 +43,11 @@ public struct NetHeader: Sendable, Equatable {
   public static let needsCsum: UInt8 = 1
   public static let dataValid: UInt8 = 2
   public static let gsoNone: UInt8 = 0
+  public static let gsoTCPv4: UInt8 = 1
+  public static let gsoUDP: UInt8 = 3
+  public static let gsoTCPv6: UInt8 = 4
+  /// Or'ed into gso_type: the TCP segments carry ECN (CWR on the first segment only).
+  public static let gsoECN: UInt8 = 0x80
 
   public var flags: UInt8 = 0
   public var gsoType: UInt8 = 0
@@ -87,15 +106,27 @@ public struct NetHeader: Sendable, Equatable {
     return Array(all.prefix(length)) + [UInt8](repeating: 0, count: max(0, length - all.count))
   }
 
-  /// Why a transmitted header is refused for a frame of `frameLength` bytes, or nil if it is fine.
-  /// csum_start/csum_offset must point inside the frame (CVE-2024-11614: an offset beyond it made
-  /// DPDK read and write out of bounds).
-  func problem(frameLength: Int, csumNegotiated: Bool) -> NetDropReason? {
-    if gsoType != Self.gsoNone { return .unsupportedGSO }
+  /// Whether the header asks for segmentation offload.
+  public var isGSO: Bool { gsoType != Self.gsoNone }
+
+  /// Why a transmitted frame (`frame` of `buffer`, behind this header) is refused, or nil if it is
+  /// fine. `features` are what the sender negotiated (CSUM, HOST_TSO4/6, HOST_ECN); `maxFrame` is
+  /// its MTU's frame limit. csum_start/csum_offset must point inside the frame (CVE-2024-11614: an
+  /// offset beyond it made DPDK read and write out of bounds); a GSO frame must be a well-formed
+  /// TCP frame the sender may send (see `GSOLayout`).
+  func problem(buffer: PacketBuffer, frame: Range<Int>, features: VirtioFeatures, maxFrame: Int) -> NetDropReason? {
+    if isGSO {
+      if frame.count > Ethernet.maxGSOFrame { return .oversize }
+      switch GSOLayout.parse(self, buffer, frame, features: features, maxFrame: maxFrame) {
+      case .ok: return nil
+      case .refused(let r): return r
+      }
+    }
+    if frame.count > maxFrame { return .oversize }
     if flags & Self.needsCsum != 0 {
-      guard csumNegotiated else { return .unnegotiatedChecksum }
+      guard features.contains(NetFeature.csum) else { return .unnegotiatedChecksum }
       let start = Int(csumStart)
-      guard start >= Ethernet.headerLength, start + Int(csumOffset) + 2 <= frameLength else {
+      guard start >= Ethernet.headerLength, start + Int(csumOffset) + 2 <= frame.count else {
         return .badChecksumOffsets
       }
     }
@@ -126,8 +157,13 @@ public enum NetDropReason: String, Sendable, CaseIterable, CustomStringConvertib
   case badChecksumOffsets = "bad-csum-offsets"
   /// NEEDS_CSUM without VIRTIO_NET_F_CSUM negotiated.
   case unnegotiatedChecksum = "csum-not-negotiated"
-  /// A GSO type (no GSO feature is offered).
+  /// A GSO type the sender did not negotiate (TSO without HOST_TSO4/6, ECN without HOST_ECN) or
+  /// that is not offered (UFO, USO).
   case unsupportedGSO = "gso"
+  /// A malformed GSO frame: gso_size 0 or too large for the MTU, hdr_len beyond the frame, not
+  /// Ethernet + IPv4/IPv6 + TCP as its gso_type says, header lengths beyond the frame, no payload,
+  /// checksum request not on the TCP checksum, or too many segments.
+  case badGSO = "bad-gso"
   /// The driver's receive buffer cannot hold the frame.
   case rxBufferTooSmall = "rx-buffer-too-small"
   /// The receive ring ran out of buffers in the middle of a frame (mergeable buffers).

@@ -1,4 +1,5 @@
 import Synchronization
+import VhostProtocol
 import VhostSystem
 
 #if canImport(Glibc)
@@ -6,7 +7,9 @@ import VhostSystem
 #endif
 
 /// A Linux TAP device as a switch port. Opened with IFF_VNET_HDR (12-byte header), so checksum
-/// offload requests (NEEDS_CSUM) pass between guests and the host stack unchanged. A reader thread
+/// offload requests (NEEDS_CSUM) pass between guests and the host stack unchanged; with TCP
+/// offloads on (TUNSETOFFLOAD), TCP GSO frames of up to 64 KiB pass too (guests that cannot take
+/// them get them cut into segments, see `Segmenter`). A reader thread
 /// takes frames from the TAP into the switch; frames for the TAP are written from the sender's
 /// thread (one writev each, which the kernel keeps whole).
 public final class NetTap: NetPort, @unchecked Sendable {
@@ -23,13 +26,18 @@ public final class NetTap: NetPort, @unchecked Sendable {
   private let toTap = CounterCell()
   private let fromTap = CounterCell()
   private let reasons = ReasonCounts()
+  private let segmentation = SegmentationCounts()
   static let headerLength = 12
+  /// Whether the kernel took TUNSETOFFLOAD (checksum and TCP segmentation offload): it then hands
+  /// us TCP GSO frames, and frames for the TAP keep their gso fields.
+  public let offloads: Bool
 
   /// Opens (creating if needed) the TAP device `name` (at most 15 bytes). Needs CAP_NET_ADMIN.
   public init(name: String, mtu: Int = 1500) throws {
     self.name = name
     self.mtu = mtu
     tap = try TapDevice.open(name: name, headerLength: Int32(Self.headerLength))
+    offloads = (try? TapDevice.enableTCPOffloads(tap.rawValue)) != nil
   }
 
   deinit { stop() }
@@ -66,9 +74,11 @@ public final class NetTap: NetPort, @unchecked Sendable {
   }
 
   private func readLoop() {
-    let capacity = Self.headerLength + 65536
+    let capacity = Self.headerLength + 65536 + 1024
     let buffer = PacketBuffer(capacity: capacity)
     let maxFrame = Ethernet.maxFrame(mtu: mtu)
+    // What the kernel may hand us: partial checksums always, TCP GSO frames with offloads on.
+    let features: VirtioFeatures = offloads ? GSOLayout.anySender : [NetFeature.csum]
     while !stopping.load(ordering: .acquiring) {
       guard TapDevice.waitReadable(fd, milliseconds: 200) else { continue }
       guard let sw = netSwitch else { return }
@@ -90,12 +100,7 @@ public final class NetTap: NetPort, @unchecked Sendable {
         }
         let header = NetHeader(buffer, at: 0, length: Self.headerLength)
         let frame = Self.headerLength..<length
-        if frame.count > maxFrame {
-          c.errors += 1
-          why[.oversize, default: 0] += 1
-          continue
-        }
-        if let p = header.problem(frameLength: frame.count, csumNegotiated: true) {
+        if let p = header.problem(buffer: buffer, frame: frame, features: features, maxFrame: maxFrame) {
           c.errors += 1
           why[p, default: 0] += 1
           continue
@@ -115,11 +120,35 @@ public final class NetTap: NetPort, @unchecked Sendable {
 
   public func enqueue(header: NetHeader, frame buffer: PacketBuffer, _ frame: Range<Int>) -> NetDropReason? {
     var h = header
+    if header.isGSO {
+      guard
+        case .ok(let layout) = GSOLayout.parse(
+          header, buffer, frame, features: GSOLayout.anySender, maxFrame: Ethernet.maxGSOFrame)
+      else {
+        toTap.add(NetCounters(drops: 1))
+        reasons.add(.badGSO)
+        return .badGSO
+      }
+      if !offloads {
+        var failed = 0
+        Segmenter.segment(buffer, frame, layout: layout) { sh, b, range in
+          if self.write(sh, b, range) != nil { failed += 1 }
+        }
+        segmentation.add(frames: 1, segments: layout.segments)
+        return failed > 0 ? .tapWrite : nil
+      }
+      h = layout.passThroughHeader(header)
+    } else {
+      h.gsoSize = 0
+      h.hdrLen = 0
+    }
     h.numBuffers = 0
-    h.gsoType = NetHeader.gsoNone
-    h.gsoSize = 0
-    h.hdrLen = 0
     h.flags &= NetHeader.needsCsum
+    return write(h, buffer, frame)
+  }
+
+  /// Writes one frame behind its header (one writev); counts it.
+  private func write(_ h: NetHeader, _ buffer: PacketBuffer, _ frame: Range<Int>) -> NetDropReason? {
     let hb = PacketBuffer(capacity: Self.headerLength)
     h.write(to: hb, at: 0, length: Self.headerLength)
     let written = PacketBuffer.writev(fd: fd, hb, 0..<Self.headerLength, buffer, frame)
@@ -138,11 +167,15 @@ public final class NetTap: NetPort, @unchecked Sendable {
   public var delivered: NetCounters { toTap.value }
   public var received: NetCounters { fromTap.value }
   public var dropReasons: [NetDropReason: Int] { reasons.value }
+  /// GSO frames for the TAP cut into segments (offloads off).
+  public var segmented: SegmentationCounters { segmentation.value }
 
   public func report() -> String {
     var lines = ["  to tap: \(toTap.value)", "  from tap: \(fromTap.value)"]
     let r = reasons.text
     if !r.isEmpty { lines.append("  dropped: \(r)") }
+    let g = segmentation.value
+    if g.frames > 0 { lines.append("  \(g)") }
     return lines.joined(separator: "\n")
   }
 }

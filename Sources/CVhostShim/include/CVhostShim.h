@@ -72,6 +72,11 @@ int _cvh_accept_cloexec(int fd);
 /// Names the calling thread (pthread_setname_np(3); at most 15 bytes are kept).
 int _cvh_set_thread_name(const char *name);
 
+/// TUNSETOFFLOAD(flags) on a TAP descriptor: 0, or -1 with errno.
+int _cvh_tun_set_offload(int fd, unsigned int flags);
+/// TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN.
+unsigned int _cvh_tun_tcp_offloads(void);
+
 #ifdef __cplusplus
 }
 #endif
