@@ -254,8 +254,11 @@ enum FuzzDevices {
       let b = NetDevice(switch: sw, name: "b", mtu: 1500)
       let offered = a.features
       let pick = VirtioFeatures(rawValue: UInt64(which >> 3) << 15 | UInt64(which >> 5 & 3))
-      a.featuresAcknowledged(offered.intersection(pick.union(.version1)))
-      b.featuresAcknowledged(offered.intersection(pick))
+      // The image's byte 7 picks TSO: bits 0-2 GUEST_TSO4/6, GUEST_ECN; bits 3-5 HOST_TSO4/6, HOST_ECN.
+      let gso = input.byte()
+      let tso = VirtioFeatures(rawValue: UInt64(gso & 7) << 7 | UInt64(gso >> 3 & 7) << 11)
+      a.featuresAcknowledged(offered.intersection(pick.union(tso).union(.version1)))
+      b.featuresAcknowledged(offered.intersection(pick.union(tso)))
       let rx = QueueHandle.standalone(index: 0, ring: ring)
       b.process(rx)  // B's receive ring runs: the port is up
       a.process(QueueHandle.standalone(index: 1, ring: txRing))

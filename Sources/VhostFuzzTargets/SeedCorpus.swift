@@ -14,6 +14,9 @@ extension FuzzTarget {
       [
         [0] + Seeds.splitRingImage(blk: true), [2] + Seeds.splitRingImage(blk: false),
         [0x07] + Seeds.splitRingImage(blk: false), [0x0f] + Seeds.splitRingImage(blk: false),
+        // A TSO frame through the switch (CSUM, GUEST_CSUM, MRG_RXBUF): cut into segments for B,
+        // then passed whole to B.
+        [0x6e] + Seeds.netGSOImage(guestTSO: false), [0x6e] + Seeds.netGSOImage(guestTSO: true),
       ]
     }
   }
@@ -120,6 +123,67 @@ enum Seeds {
     put(UInt16(0), 0x204)
     put(UInt16(3), 0x206)
     if blk { put(UInt32(0), 0x800) }  // VIRTIO_BLK_T_IN, sector 0
+    return m
+  }
+
+  /// A split ring (size 8) whose chain 0 is a virtio-net header and a TCP/IPv4 TSO frame (3000
+  /// bytes of payload, gso_size 1000) and chains 1-4 2 KiB receive buffers; byte 7 turns on
+  /// HOST_TSO4/6 and HOST_ECN, and GUEST_TSO4/6 and GUEST_ECN when `guestTSO` (see FuzzDevices).
+  static func netGSOImage(guestTSO: Bool) -> [UInt8] {
+    var m = [UInt8](repeating: 0, count: 0x4800)
+    func put<T: FixedWidthInteger>(_ v: T, _ at: Int) {
+      withUnsafeBytes(of: v.littleEndian) { for (i, b) in $0.enumerated() { m[at + i] = b } }
+    }
+    func putBE(_ v: UInt16, _ at: Int) {
+      m[at] = UInt8(v >> 8)
+      m[at + 1] = UInt8(v & 0xff)
+    }
+    m[0] = 3
+    put(UInt16(0x100), 1)
+    put(UInt16(0x200), 3)
+    put(UInt16(0x300), 5)
+    m[7] = guestTSO ? 0x3f : 0x38
+    let payload = 3000
+    let frame = 0x1000
+    // virtio_net_hdr: NEEDS_CSUM, TCPV4, hdr_len 54, gso_size 1000, csum_start 34, csum_offset 16.
+    m[frame] = 1
+    m[frame + 1] = 1
+    put(UInt16(54), frame + 2)
+    put(UInt16(1000), frame + 4)
+    put(UInt16(34), frame + 6)
+    put(UInt16(16), frame + 8)
+    let eth = frame + 12
+    for i in 0..<6 { m[eth + i] = 0xff }
+    m[eth + 6] = 0x02
+    m[eth + 11] = 1
+    putBE(0x0800, eth + 12)
+    let ip = eth + 14
+    m[ip] = 0x45
+    putBE(UInt16(40 + payload), ip + 2)
+    putBE(0x4000, ip + 6)
+    m[ip + 8] = 64
+    m[ip + 9] = 6
+    m[ip + 12] = 10
+    m[ip + 15] = 1
+    m[ip + 16] = 10
+    m[ip + 19] = 2
+    let tcp = ip + 20
+    putBE(5000, tcp)
+    putBE(40000, tcp + 2)
+    putBE(0x1234, tcp + 4)
+    m[tcp + 12] = 0x50
+    m[tcp + 13] = 0x18
+    putBE(0xffff, tcp + 14)
+    for i in 0..<payload { m[tcp + 20 + i] = UInt8(truncatingIfNeeded: i) }
+    put(UInt64(frame), 0x100)
+    put(UInt32(12 + 54 + payload), 0x108)
+    for i in 1...4 {
+      put(UInt64(0x2000 + (i - 1) * 0x800), 0x100 + 16 * i)
+      put(UInt32(0x800), 0x108 + 16 * i)
+      put(UInt16(2), 0x10c + 16 * i)  // VRING_DESC_F_WRITE
+    }
+    put(UInt16(5), 0x202)
+    for i in 0..<5 { put(UInt16(i), 0x204 + 2 * i) }
     return m
   }
 
