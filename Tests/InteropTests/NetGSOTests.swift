@@ -171,7 +171,8 @@ struct NetGSOTests {
     let id0: UInt16 = 0xfffa  // wraps too
     // The largest MSS for MTU 1500 with timestamps: the segments fill the MTU.
     let mss = c.ipv6 ? 1428 : 1448
-    let tcp = TCPFrame(ipv6: c.ipv6, payload: payload, mss: mss, sequence: seq0, tcpFlags: 0x19, ipID: id0)  // FIN PSH ACK
+    // FIN, PSH, ACK: FIN and PSH belong on the last segment only.
+    let tcp = TCPFrame(ipv6: c.ipv6, payload: payload, mss: mss, sequence: seq0, tcpFlags: 0x19, ipID: id0)
     try a.send(tcp.frame, header: tcp.header)
     let count = (20_000 + mss - 1) / mss
     #expect(count == (c.ipv6 ? 15 : 14))
