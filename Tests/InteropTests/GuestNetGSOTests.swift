@@ -6,6 +6,17 @@ import VhostTooling
   import Glibc
 #endif
 
+extension GuestNetTests {
+  /// The bytes count of `queue` of port `port` in a switch report.
+  static func queueBytes(_ report: String, port: Int, queue: Int) -> Int? {
+    guard let portLine = report.range(of: "port \(port) (") else { return nil }
+    let rest = report[portLine.upperBound...]
+    guard let q = rest.range(of: "queue \(queue) (") else { return nil }
+    guard let b = rest[q.upperBound...].range(of: "bytes ") else { return nil }
+    return Int(rest[b.upperBound...].prefix { $0.isNumber })
+  }
+}
+
 /// TCP segmentation offload across the TAP port: a QEMU 7.2 guest (which negotiates TSO with the
 /// switch) and a network namespace whose TAP has checksum and TSO offloads on (TUNSETOFFLOAD)
 /// move 4 MiB each way over TCP; GSO frames cross the TAP in both directions.
