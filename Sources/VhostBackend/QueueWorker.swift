@@ -83,10 +83,7 @@ final class QueueWorker: @unchecked Sendable {
       }
       if poll {
         var worked = false
-        for q in queues where q.hasWork {
-          q.service(device)
-          worked = true
-        }
+        for q in queues where q.serviceIfWork(device) { worked = true }
         // Wake-ups (rearm, stop) are seen through their flags; the eventfd is only emptied now and
         // then, not with a read(2) on every idle turn of the loop.
         if !worked {

@@ -72,6 +72,15 @@ int _cvh_accept_cloexec(int fd);
 /// Names the calling thread (pthread_setname_np(3); at most 15 bytes are kept).
 int _cvh_set_thread_name(const char *name);
 
+/// Prefetches the cache line at `p` for reading (write == 0) or writing (__builtin_prefetch).
+static inline void _cvh_prefetch(const void *p, int write) {
+  if (write) {
+    __builtin_prefetch(p, 1, 3);
+  } else {
+    __builtin_prefetch(p, 0, 3);
+  }
+}
+
 #ifdef __cplusplus
 }
 #endif
