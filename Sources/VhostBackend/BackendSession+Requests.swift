@@ -104,6 +104,7 @@ extension BackendSession {
     if !f.contains(.protocolFeatures) {
       // Without VHOST_USER_F_PROTOCOL_FEATURES every ring is enabled at once.
       for q in queues { q.lock.withLock { q.enabled = true } }
+      rearmWorkers()
     }
     let log = f.contains(.logAll) ? dirtyLog : nil
     for q in queues { q.lock.withLock { q.setLog(log) } }

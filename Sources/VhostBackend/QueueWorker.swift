@@ -63,14 +63,17 @@ final class QueueWorker: @unchecked Sendable {
     try? epoll.add(wakeup.fd, token: wakeToken)
     var armed: [Int: EventFD] = [:]
     var anyPolled = false
+    var anyActive = false
     var idleTurns = 0
     while !stopping.load(ordering: .acquiring) {
       if rearm.exchange(false, ordering: .acquiringAndReleasing) {
         for (_, kick) in armed { epoll.remove(kick.fd) }
         armed = [:]
         anyPolled = false
+        anyActive = false
         for q in queues {
           q.lock.withLock {
+            if q.isActive { anyActive = true }
             if q.kickPolled && q.isActive { anyPolled = true }
             if let kick = q.kick, q.isActive, !poll {
               armed[q.index] = kick
@@ -80,6 +83,13 @@ final class QueueWorker: @unchecked Sendable {
         }
         // Chains published before we were listening are served now (no injected kick needed).
         for q in queues { q.service(device) }
+      }
+      if poll && !anyActive {
+        // Nothing to poll (rings not started yet, or unused ones such as a control queue or the
+        // pairs a multiqueue driver did not enable): sleep until the control thread changes a ring.
+        for t in epoll.wait(timeoutMilliseconds: 1000) where t == wakeToken { wakeup.drain() }
+        rearm.store(true, ordering: .releasing)  // look at the rings again
+        continue
       }
       if poll {
         var worked = false

@@ -35,6 +35,14 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   private let queueCounters: [CounterCell]
   private let reasons = ReasonCounts()
   let pending: FrameQueue
+  /// The receive filter the driver set through the control queue.
+  let filter: Locked<NetReceiveFilter>
+  /// Receive queue pairs in use (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET).
+  let activePairs: Atomic<Int>
+  /// VIRTIO_NET_S_ANNOUNCE is set (SEND_RARP with GUEST_ANNOUNCE) and not yet acknowledged.
+  let announcing = Atomic<Bool>(false)
+  let controlCommands = Atomic<Int>(0)
+  let controlErrors = Atomic<Int>(0)
   private let sessionLock = Lock()
   private weak var session: BackendSession?
 
@@ -63,6 +71,8 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     let maxFrame = Ethernet.maxFrame(mtu: Int(max(mtu, 68)))
     // At most ~16 MiB of pending frames per port, and at least 64 frames.
     pending = FrameQueue(capacity: max(64, min(pendingFrames, (16 << 20) / (maxFrame + 64))), maxFrame: maxFrame)
+    filter = Locked(NetReceiveFilter(address: Self.mac48(self.mac)))
+    activePairs = Atomic(self.pairs)
     sw.add(self)
   }
 
@@ -71,19 +81,21 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   public var features: VirtioFeatures {
     var f: VirtioFeatures = [
       .version1, NetFeature.csum, NetFeature.guestCsum, NetFeature.mac, NetFeature.mrgRxbuf, NetFeature.status,
-      NetFeature.mtu,
+      NetFeature.mtu, NetFeature.ctrlVq, NetFeature.ctrlRx, NetFeature.ctrlMacAddr, NetFeature.guestAnnounce,
     ]
     if pairs > 1 { f.insert(NetFeature.mq) }
     return f
   }
   public var extraProtocolFeatures: ProtocolFeatures { [.mtu, .rarp] }
-  public var queueCount: Int { pairs * 2 }
+  /// The receive/transmit pairs, then the control queue (used only by front-ends that hand it to
+  /// the back-end; QEMU and DPDK's virtio_user serve it themselves).
+  public var queueCount: Int { pairs * 2 + 1 }
   public var maxQueueSize: Int { 32768 }
 
   public func readConfig() -> [UInt8] {
     var w = ByteWriter()
     w.write(bytes: mac)
-    w.write(UInt16(1))  // VIRTIO_NET_S_LINK_UP
+    w.write(UInt16(announcing.load(ordering: .relaxed) ? 3 : 1))  // LINK_UP, ANNOUNCE
     w.write(UInt16(pairs))
     w.write(UInt16(currentMTU.load(ordering: .relaxed)))
     return w.bytes
@@ -109,18 +121,30 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   public func sendRARP(mac: [UInt8]) throws {
     guard mac.count == 6 else { throw DeviceError("SEND_RARP needs a 6-byte MAC") }
     netSwitch.announce(mac: mac, from: switchIndex)
+    // A driver that can announce itself is asked to as well (VIRTIO_NET_S_ANNOUNCE in the status).
+    let f = acked
+    if f.contains(NetFeature.guestAnnounce) && f.contains(NetFeature.ctrlVq) {
+      announcing.store(true, ordering: .relaxed)
+    }
   }
 
   public func reset() {
     up.store(false, ordering: .releasing)
     ackedBits.store(0, ordering: .releasing)
     currentMTU.store(Int(mtu), ordering: .relaxed)
+    filter.withLock { $0 = NetReceiveFilter(address: Self.mac48(mac)) }
+    activePairs.store(pairs, ordering: .relaxed)
+    announcing.store(false, ordering: .relaxed)
     pending.lock.withLock { pending.removeAll() }
     let i = switchIndex
     if i >= 0 { netSwitch.forget(port: i) }
   }
 
   public func process(_ queue: QueueHandle) {
+    if queue.index == controlQueueIndex {
+      control(queue)
+      return
+    }
     guard queue.index < queueCounters.count else { return }
     if queue.index % 2 == 1 {
       transmit(queue)
@@ -157,6 +181,10 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   public var isUp: Bool { up.load(ordering: .acquiring) }
 
   public func enqueue(header: NetHeader, frame buffer: PacketBuffer, _ frame: Range<Int>) -> NetDropReason? {
+    if frame.count >= 6, !accepts(destination: buffer.u48be(at: frame.lowerBound)) {
+      reasons.add(.filtered)
+      return .filtered
+    }
     let ok = pending.lock.withLock { pending.push(header, buffer, frame) }
     if ok { return nil }
     queueCounters[0].add(NetCounters(drops: 1))
@@ -307,6 +335,8 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   /// generated frames) into its buffers.
   func receive(_ queue: QueueHandle) {
     up.store(true, ordering: .releasing)
+    // Receive queues beyond the pairs the driver said it uses stay idle.
+    guard queue.index / 2 < activePairs.load(ordering: .relaxed) else { return }
     if forwarding == .txonly {
       fillReceiveQueue(queue)
       return
