@@ -223,6 +223,8 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     }
     let r = reasons.text
     if !r.isEmpty { lines.append("  dropped: \(r)") }
+    let control = controlCounters
+    if control.commands > 0 { lines.append("  control queue: \(control.commands) commands, \(control.errors) refused") }
     return lines.joined(separator: "\n")
   }
 
