@@ -320,6 +320,7 @@ public final class QueueHandle: @unchecked Sendable {
     inflightAttached = false
     generation &+= 1
     outstanding = 0
+    burstStorage = ChainBurst()  // lets go of the old memory table's mappings
   }
 }
 
