@@ -140,6 +140,7 @@ extension BackendSession {
       }
     }
     memory = new
+    for q in queues { q.dropBurstStorage() }
     for (q, ring) in rebuilt {
       ring.log = q.log
       q.ring = ring
@@ -285,6 +286,7 @@ extension BackendSession {
       let n = q.ring.map { $0.base.num(packed: packed) } ?? q.baseNum
       q.started = false
       q.ring = nil
+      q.dropBurstStorage()
       q.kick = nil
       q.kickPolled = false
       q.baseNum = n

@@ -120,40 +120,44 @@ public final class QueueHandle: @unchecked Sendable {
   /// failed entries (`isFailed`), which `completeBurst` returns with length 0. Every chain taken
   /// must be completed with `completeBurst` before the next burst is taken.
   public func nextBurst(_ burst: inout ChainBurst, limit: Int = 64) -> Int {
-    guard let ring else {
-      burst = ChainBurst()
-      return 0
-    }
-    let n = min(limit, budget)
-    guard n > 0 else {
-      budgetExhausted = true
-      burst = ChainBurst()
-      return 0
-    }
+    burst.removeAll()
+    guard let ring else { return 0 }
     if !resubmit.isEmpty || !resubmitChains.isEmpty {
       // Requests a previous back-end left in flight go first, one by one.
-      burst = ChainBurst()
-      while burst.count < n, let chain = next() { burst.append(chain) }
+      while burst.count < limit, let chain = next() { burst.append(chain) }
       return burst.count
     }
-    do {
-      try ring.popBurst(into: &burst, limit: n)
-    } catch {
-      countError(error)
-      signalError()
-      burst = ChainBurst()
-      return 0
+    // A burst made only of heads that could not be returned is not the end of the ring: go on
+    // (within the budget), as `next()` does.
+    while true {
+      let n = min(limit, budget)
+      guard n > 0 else {
+        budgetExhausted = true
+        return 0
+      }
+      do {
+        try ring.popBurst(into: &burst, limit: n)
+      } catch {
+        countError(error)
+        signalError()
+        burst.removeAll()
+        return 0
+      }
+      for error in burst.errors {
+        countError(error)
+        signalError()
+      }
+      budget -= burst.taken
+      if burst.count > 0 || burst.errors.isEmpty { return burst.count }
     }
-    for error in burst.errors {
-      countError(error)
-      signalError()
-    }
-    budget -= max(burst.count, burst.errors.count)
-    return burst.count
   }
 
   /// Burst storage reused from service call to service call (worker thread, under `lock`).
   private var burstStorage = ChainBurst()
+
+  /// Lets go of the burst storage and the mappings it refers to (a new memory table, a stopped
+  /// ring; caller holds `lock`).
+  func dropBurstStorage() { burstStorage = ChainBurst() }
 
   /// Runs `body` with this queue's reusable burst storage (from `process`, on the worker).
   public func withBurstStorage<R>(_ body: (inout ChainBurst) -> R) -> R {
@@ -169,7 +173,9 @@ public final class QueueHandle: @unchecked Sendable {
     guard let ring, burst.count > 0 else { return }
     do {
       try ring.pushBurst(burst)
-      completedCount.add(burst.count, ordering: .relaxed)
+      var completed = 0
+      for i in 0..<burst.count where !burst.isFailed(i) { completed += 1 }
+      completedCount.add(completed, ordering: .relaxed)
     } catch {
       countError(error)
     }
@@ -320,7 +326,7 @@ public final class QueueHandle: @unchecked Sendable {
     inflightAttached = false
     generation &+= 1
     outstanding = 0
-    burstStorage = ChainBurst()  // lets go of the old memory table's mappings
+    dropBurstStorage()
   }
 }
 

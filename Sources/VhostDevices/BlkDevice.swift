@@ -21,6 +21,7 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
   private let writeback = Atomic<Bool>(true)
   /// Offset of `writeback` in struct virtio_blk_config.
   static let wceOffset = 32
+  private let ackedBits = Atomic<UInt64>(0)
 
   /// Status bytes.
   public enum Status: UInt8 { case ok = 0, ioerr = 1, unsupp = 2 }
@@ -112,7 +113,25 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
     guard !file.readOnly, offset == Self.wceOffset, bytes.count == 1 else {
       throw DeviceError("only the writeback field (offset \(Self.wceOffset), 1 byte) is writable")
     }
+    guard VirtioFeatures(rawValue: ackedBits.load(ordering: .relaxed)).contains(Self.configWCE) else {
+      throw DeviceError("writeback is writable only with VIRTIO_BLK_F_CONFIG_WCE negotiated")
+    }
     writeback.store(bytes[0] != 0, ordering: .relaxed)
+  }
+
+  static let flushFeature = VirtioFeatures(bit: 9)
+  static let configWCE = VirtioFeatures(bit: 11)
+
+  /// The cache mode follows the driver's features, as QEMU's virtio-blk does: a driver that can
+  /// switch it (CONFIG_WCE) finds the mode the export is in; otherwise writeback exactly when the
+  /// driver can flush (virtio 1.2 §5.2.6.1: without FLUSH, writes are made durable one by one).
+  public func featuresAcknowledged(_ features: VirtioFeatures) {
+    ackedBits.store(features.rawValue, ordering: .relaxed)
+    if !features.contains(Self.flushFeature) {
+      writeback.store(false, ordering: .relaxed)
+    } else if !features.contains(Self.configWCE) {
+      writeback.store(true, ordering: .relaxed)
+    }
   }
 
   public func process(_ queue: QueueHandle) {

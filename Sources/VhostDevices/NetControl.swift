@@ -47,8 +47,9 @@ enum NetControlCommand {
 }
 
 extension NetDevice {
-  /// The control virtqueue's index: after every receive/transmit pair.
-  var controlQueueIndex: Int { pairs * 2 }
+  /// The control virtqueue's index: after every receive/transmit pair with VIRTIO_NET_F_MQ,
+  /// else after the first pair (virtio 1.2 §5.1.2).
+  var controlQueueIndex: Int { acked.contains(NetFeature.mq) ? pairs * 2 : 2 }
 
   /// Serves the control queue: each chain is a command (class, command, data; device-readable)
   /// and one device-writable acknowledgement byte. Malformed commands are answered ERR.
@@ -61,9 +62,7 @@ extension NetDevice {
       var written = 0
       if chain.writableLength >= 1 {
         var w = chain.writer(log: queue.log)
-        w.skip(chain.writableLength - 1)
-        w.write([ack])
-        written = chain.writableLength
+        written = w.write([ack])
       }
       queue.complete(chain, written: written)
       controlCommands.add(1, ordering: .relaxed)

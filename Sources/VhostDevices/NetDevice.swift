@@ -94,7 +94,9 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
 
   public func readConfig() -> [UInt8] {
     var w = ByteWriter()
-    w.write(bytes: mac)
+    // The address the driver set with VIRTIO_NET_CTRL_MAC_ADDR_SET, else --mac.
+    let address = filter.withLock { $0.address }
+    w.write(bytes: (0..<6).map { UInt8(truncatingIfNeeded: address >> (8 * (5 - UInt64($0)))) })
     w.write(UInt16(announcing.load(ordering: .relaxed) ? 3 : 1))  // LINK_UP, ANNOUNCE
     w.write(UInt16(pairs))
     w.write(UInt16(currentMTU.load(ordering: .relaxed)))
@@ -125,6 +127,11 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     let f = acked
     if f.contains(NetFeature.guestAnnounce) && f.contains(NetFeature.ctrlVq) {
       announcing.store(true, ordering: .relaxed)
+      // The driver reads the status on a configuration-change interrupt. Sent from a thread of
+      // its own: the front-end may answer it only after this request's reply.
+      if let s = sessionLock.withLock({ session }) {
+        try? SystemThread.start(name: "vhost-net-announce") { try? s.notifyConfigChange() }
+      }
     }
   }
 
@@ -145,6 +152,7 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
       control(queue)
       return
     }
+    // Queue 2 × pairs is unused when the control queue sits at 2 (no MQ negotiated).
     guard queue.index < queueCounters.count else { return }
     if queue.index % 2 == 1 {
       transmit(queue)

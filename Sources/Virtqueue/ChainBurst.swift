@@ -49,6 +49,9 @@ public struct ChainBurst: Sendable {
   var chains: [DescriptorChain] = []
   /// Errors met while taking the burst (the failed chains, and chains that could not be returned).
   public internal(set) var errors: [ChainError] = []
+  /// Available entries the burst consumed: its chains, failed ones included, and heads that could
+  /// not be returned (they are only in `errors`).
+  public internal(set) var taken = 0
 
   // The chain being walked (ChainSink).
   var memory = GuestMemory.empty
@@ -100,8 +103,11 @@ public struct ChainBurst: Sendable {
 
   /// Empties the burst, keeping its storage.
   public mutating func removeAll() {
+    taken = 0
     entries.removeAll(keepingCapacity: true)
-    segments.removeAll(keepingCapacity: true)
+    // A burst of long chains (a guest can make one chain of 32 768 descriptors) does not keep
+    // its storage: only ordinary bursts reuse theirs.
+    if segments.count > 4096 { segments = [] } else { segments.removeAll(keepingCapacity: true) }
     if !chains.isEmpty { chains.removeAll(keepingCapacity: true) }
     if !errors.isEmpty { errors.removeAll(keepingCapacity: true) }
   }

@@ -70,12 +70,16 @@ extension DeviceRing {
   /// The burst path of rings without one of their own: `pop()` chain by chain.
   func popBurstOneByOne(into burst: inout ChainBurst, limit: Int) throws(ChainError) {
     burst.reset(for: nil)
-    while burst.count < limit {
+    // Malformed chains count against the limit too: a driver publishing nothing else cannot keep
+    // this loop (or the error list) going.
+    while burst.taken < limit {
       do {
         guard let chain = try pop() else { return }
         burst.append(chain)
+        burst.taken += 1
       } catch {
         // pop() already returned a malformed chain to the driver.
+        burst.taken += 1
         burst.errors.append(error)
         if case .availIndexJump = error { return }
         if case .ringNotReady = error { return }

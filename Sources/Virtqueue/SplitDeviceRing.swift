@@ -143,6 +143,7 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
     }
     for head in burst.heads {
       last &+= 1
+      burst.taken += 1
       burst.beginChain(head)
       do {
         try walk(head, into: &burst)

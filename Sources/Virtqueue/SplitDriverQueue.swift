@@ -179,12 +179,14 @@ public final class SplitDriverQueue: @unchecked Sendable {
     // per descriptor).
     var free = freeHead
     var idx = availIdx
+    var taken = 0
     var lengths: [Int] = []
     swap(&lengths, &chainLength)
     defer {
       swap(&lengths, &chainLength)
       freeHead = free
       availIdx = idx
+      freeCount -= taken
     }
     let links = nextFree
     do {
@@ -196,10 +198,10 @@ public final class SplitDriverQueue: @unchecked Sendable {
         try mem.store(UInt64(length), at: at + 8)  // len, flags 0, next 0
         free = links[Int(head)]
         lengths[Int(head)] = 1
+        taken += 1
         try mem.store(head, at: availOffset + 4 + UInt64(idx % size) * 2)
         idx &+= 1
       }
-      freeCount -= n
       try mem.storeRelease16(idx, at: availOffset + 2)
     } catch {
       throw .memory(error)

@@ -211,6 +211,11 @@ struct BlkDeviceTests {
       try blk.write(offset: 0, data: data)
       #expect(device.stats.writethroughSyncs == 2)
     }
+    // Without CONFIG_WCE negotiated the byte is not writable, and the mode follows FLUSH.
+    try Self.withDisk { blk, _, device in
+      #expect(throws: FrontendError.self) { try blk.device.frontend.setConfig(offset: 32, bytes: [0]) }
+      #expect(device.isWriteback)
+    }
     // Read-only exports neither offer CONFIG_WCE nor accept the write.
     try Self.withDisk(readOnly: true) { blk, _, _ in
       let frontend = blk.device.frontend
