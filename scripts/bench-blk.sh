@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 rounds=${2:-2}
-# The deployment build (README): Swift runtime linked in, not position-independent; Foundation is not
-# linked at all (only FoundationEssentials, through swift-argument-parser).
-build=(-c release --static-swift-stdlib -Xswiftc -Xclang-linker -Xswiftc -no-pie --scratch-path .build-static)
+# The deployment build (README): one static executable (Swift runtime and glibc linked in, lld);
+# Foundation is not linked at all (only FoundationEssentials, through swift-argument-parser).
+build=(-c release --static-swift-stdlib -Xswiftc -static-executable -Xswiftc -use-ld=lld --scratch-path .build-static)
 swift build "${build[@]}" --product vhost-user >/dev/null
 bin=$(swift build "${build[@]}" --show-bin-path)/vhost-user
 dir=$(mktemp -d)

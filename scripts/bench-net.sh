@@ -74,7 +74,7 @@ wait_sock() { for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done; 
 declare -A sum
 vhost() { testpmd vh 0@0,1@1 "net_vhost0,iface=$dir/s.sock,queues=1" "$@"; vh=$last; wait_sock "$dir/s.sock"; }
 virtio() { testpmd vu 0@1,1@0 "net_virtio_user0,path=$dir/s.sock,queues=1" "$@"; vu=$last; }
-ours() { start ours taskset -c 1 "$bin" net --socket-path "$dir/s.sock" --poll "$@"; our=$last; wait_sock "$dir/s.sock"; }
+ours() { start ours taskset -c 1 "$bin" net --socket-path "$dir/s.sock" --poll --queues-per-thread 2 "$@"; our=$last; wait_sock "$dir/s.sock"; }
 run_p1_dpdk() { rm -f "$dir/s.sock"; vhost rxonly; virtio txonly --txpkts=64; measure "$dir/vu.log" TX-packets "$vu"; stop "$vh"; }
 run_p1_ours() { rm -f "$dir/s.sock"; ours --forward rxonly; virtio txonly --txpkts=64; measure "$dir/vu.log" TX-packets "$vu"; stop "$our"; }
 run_p2_dpdk() { rm -f "$dir/s.sock"; vhost txonly --txpkts=64; virtio rxonly; measure "$dir/vu.log" RX-packets "$vu"; stop "$vh"; }

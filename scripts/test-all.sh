@@ -17,6 +17,8 @@ for f in "$reports"/check-ours-*.txt; do grep -q '^summary: .* 0 failed' "$f" ||
 # The blk benchmark against qemu-storage-daemon, same image, same settings, one run (figures only:
 # performance is judged from BENCHMARKS.md runs, not asserted here).
 bash scripts/bench-blk.sh "${BENCH_SECONDS:-2}" 1
+# The net benchmarks P1-P3 against DPDK testpmd (release build, one short round; figures only).
+bash scripts/bench-net.sh "${BENCH_SECONDS:-2}" 1
 # ThreadSanitizer over the concurrency tests (back-end workers, front-end channels, the tracer's relay).
 # Locks are pthread mutexes (VhostSystem.Lock/Locked), which TSan understands; any report fails the run.
 if [ "${SKIP_TSAN:-0}" != 1 ]; then

@@ -104,6 +104,7 @@ extension BackendSession {
     if !f.contains(.protocolFeatures) {
       // Without VHOST_USER_F_PROTOCOL_FEATURES every ring is enabled at once.
       for q in queues { q.lock.withLock { q.enabled = true } }
+      rearmWorkers()
     }
     let log = f.contains(.logAll) ? dirtyLog : nil
     for q in queues { q.lock.withLock { q.setLog(log) } }
@@ -139,6 +140,7 @@ extension BackendSession {
       }
     }
     memory = new
+    for q in queues { q.dropBurstStorage() }
     for (q, ring) in rebuilt {
       ring.log = q.log
       q.ring = ring
@@ -284,6 +286,7 @@ extension BackendSession {
       let n = q.ring.map { $0.base.num(packed: packed) } ?? q.baseNum
       q.started = false
       q.ring = nil
+      q.dropBurstStorage()
       q.kick = nil
       q.kickPolled = false
       q.baseNum = n

@@ -114,6 +114,74 @@ public final class QueueHandle: @unchecked Sendable {
     }
   }
 
+  /// Takes up to `limit` available chains into `burst` (reusing its storage) and returns how many;
+  /// 0 when there are none (or this service call's budget is spent). Malformed chains are counted
+  /// and VRING_ERR is signalled as with `next()`; those that can be returned stay in the burst as
+  /// failed entries (`isFailed`), which `completeBurst` returns with length 0. Every chain taken
+  /// must be completed with `completeBurst` before the next burst is taken.
+  public func nextBurst(_ burst: inout ChainBurst, limit: Int = 64) -> Int {
+    burst.removeAll()
+    guard let ring else { return 0 }
+    if !resubmit.isEmpty || !resubmitChains.isEmpty {
+      // Requests a previous back-end left in flight go first, one by one.
+      while burst.count < limit, let chain = next() { burst.append(chain) }
+      return burst.count
+    }
+    // A burst made only of heads that could not be returned is not the end of the ring: go on
+    // (within the budget), as `next()` does.
+    while true {
+      let n = min(limit, budget)
+      guard n > 0 else {
+        budgetExhausted = true
+        return 0
+      }
+      do {
+        try ring.popBurst(into: &burst, limit: n)
+      } catch {
+        countError(error)
+        signalError()
+        burst.removeAll()
+        return 0
+      }
+      for error in burst.errors {
+        countError(error)
+        signalError()
+      }
+      budget -= burst.taken
+      if burst.count > 0 || burst.errors.isEmpty { return burst.count }
+    }
+  }
+
+  /// Burst storage reused from service call to service call (worker thread, under `lock`).
+  private var burstStorage = ChainBurst()
+
+  /// Lets go of the burst storage and the mappings it refers to (a new memory table, a stopped
+  /// ring; caller holds `lock`).
+  func dropBurstStorage() { burstStorage = ChainBurst() }
+
+  /// Runs `body` with this queue's reusable burst storage (from `process`, on the worker).
+  public func withBurstStorage<R>(_ body: (inout ChainBurst) -> R) -> R {
+    var b = ChainBurst()
+    swap(&b, &burstStorage)
+    defer { swap(&b, &burstStorage) }
+    return body(&b)
+  }
+
+  /// Completes every chain of `burst` (with the lengths set by `setWritten`, 0 otherwise) and
+  /// empties it.
+  public func completeBurst(_ burst: inout ChainBurst) {
+    guard let ring, burst.count > 0 else { return }
+    do {
+      try ring.pushBurst(burst)
+      var completed = 0
+      for i in 0..<burst.count where !burst.isFailed(i) { completed += 1 }
+      completedCount.add(completed, ordering: .relaxed)
+    } catch {
+      countError(error)
+    }
+    burst.removeAll()
+  }
+
   /// Completes `chain` with `written` bytes.
   public func complete(_ chain: DescriptorChain, written: Int) {
     guard let ring else { return }
@@ -213,6 +281,21 @@ public final class QueueHandle: @unchecked Sendable {
     device.process(self)
   }
 
+  /// Polling mode: processes the ring if it has work, under one acquisition of the lock; returns
+  /// whether it did.
+  func serviceIfWork(_ device: VhostUserDevice) -> Bool {
+    lock.lock()
+    defer { lock.unlock() }
+    guard let ring else { return false }
+    let completions = hasPendingCompletions
+    if completions { flushCompletions() }
+    guard isActive, completions || budgetExhausted || ring.hasAvailable else { return completions }
+    budget = 4 * max(Int(size), 1)
+    budgetExhausted = false
+    device.process(self)
+    return true
+  }
+
   /// Whether there is work (polling mode).
   var hasWork: Bool {
     lock.lock()
@@ -243,6 +326,7 @@ public final class QueueHandle: @unchecked Sendable {
     inflightAttached = false
     generation &+= 1
     outstanding = 0
+    dropBurstStorage()
   }
 }
 

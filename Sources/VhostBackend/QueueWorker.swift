@@ -63,14 +63,17 @@ final class QueueWorker: @unchecked Sendable {
     try? epoll.add(wakeup.fd, token: wakeToken)
     var armed: [Int: EventFD] = [:]
     var anyPolled = false
+    var anyActive = false
     var idleTurns = 0
     while !stopping.load(ordering: .acquiring) {
       if rearm.exchange(false, ordering: .acquiringAndReleasing) {
         for (_, kick) in armed { epoll.remove(kick.fd) }
         armed = [:]
         anyPolled = false
+        anyActive = false
         for q in queues {
           q.lock.withLock {
+            if q.isActive { anyActive = true }
             if q.kickPolled && q.isActive { anyPolled = true }
             if let kick = q.kick, q.isActive, !poll {
               armed[q.index] = kick
@@ -81,12 +84,16 @@ final class QueueWorker: @unchecked Sendable {
         // Chains published before we were listening are served now (no injected kick needed).
         for q in queues { q.service(device) }
       }
+      if poll && !anyActive {
+        // Nothing to poll (rings not started yet, or unused ones such as a control queue or the
+        // pairs a multiqueue driver did not enable): sleep until the control thread changes a ring.
+        for t in epoll.wait(timeoutMilliseconds: 1000) where t == wakeToken { wakeup.drain() }
+        rearm.store(true, ordering: .releasing)  // look at the rings again
+        continue
+      }
       if poll {
         var worked = false
-        for q in queues where q.hasWork {
-          q.service(device)
-          worked = true
-        }
+        for q in queues where q.serviceIfWork(device) { worked = true }
         // Wake-ups (rearm, stop) are seen through their flags; the eventfd is only emptied now and
         // then, not with a read(2) on every idle turn of the loop.
         if !worked {

@@ -1,3 +1,4 @@
+import Synchronization
 import VhostBackend
 import VhostProtocol
 import VhostSystem
@@ -15,6 +16,12 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
   static let maxDiscardSectors: UInt32 = 1 << 22
   private let lock = Lock()
   private var _stats = Stats()
+  /// The cache mode (CONFIG_WCE): true is writeback (FLUSH makes writes durable), false is
+  /// writethrough (every write is made durable before it completes).
+  private let writeback = Atomic<Bool>(true)
+  /// Offset of `writeback` in struct virtio_blk_config.
+  static let wceOffset = 32
+  private let ackedBits = Atomic<UInt64>(0)
 
   /// Status bytes.
   public enum Status: UInt8 { case ok = 0, ioerr = 1, unsupp = 2 }
@@ -27,6 +34,8 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
     public var reads = 0
     public var writes = 0
     public var flushes = 0
+    /// Writes made durable on their own because the cache mode is writethrough (CONFIG_WCE).
+    public var writethroughSyncs = 0
     public var errors = 0
     public var unsupported = 0
   }
@@ -58,6 +67,7 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
     if file.readOnly {
       f.insert(VirtioFeatures(bit: 5))  // RO
     } else {
+      f.insert(VirtioFeatures(bit: 11))  // CONFIG_WCE
       f.insert(VirtioFeatures(bit: 13))  // DISCARD
       f.insert(VirtioFeatures(bit: 14))  // WRITE_ZEROES
     }
@@ -80,7 +90,7 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
     w.write(UInt8(0))  // alignment_offset
     w.write(UInt16(1))  // min_io_size
     w.write(UInt32(0))  // opt_io_size
-    w.write(UInt8(0))  // wce
+    w.write(UInt8(writeback.load(ordering: .relaxed) ? 1 : 0))  // writeback
     w.write(UInt8(0))  // unused
     w.write(UInt16(numQueues))  // num_queues
     w.write(Self.maxDiscardSectors)  // max_discard_sectors
@@ -91,6 +101,37 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
     w.write(UInt8(1))  // write_zeroes_may_unmap
     w.pad(3)
     return w.bytes
+  }
+
+  /// Whether writes are cached until FLUSH (writeback, the default) or made durable one by one.
+  public var isWriteback: Bool { writeback.load(ordering: .relaxed) }
+
+  /// SET_CONFIG: only the one-byte `writeback` field (CONFIG_WCE) is writable, and only when the
+  /// disk is; every other field is refused. The mode belongs to the export: it outlives a
+  /// front-end's reconnection (a guest's driver reads it again when it probes the disk).
+  public func writeConfig(offset: Int, bytes: [UInt8], migration: Bool) throws {
+    guard !file.readOnly, offset == Self.wceOffset, bytes.count == 1 else {
+      throw DeviceError("only the writeback field (offset \(Self.wceOffset), 1 byte) is writable")
+    }
+    guard VirtioFeatures(rawValue: ackedBits.load(ordering: .relaxed)).contains(Self.configWCE) else {
+      throw DeviceError("writeback is writable only with VIRTIO_BLK_F_CONFIG_WCE negotiated")
+    }
+    writeback.store(bytes[0] != 0, ordering: .relaxed)
+  }
+
+  static let flushFeature = VirtioFeatures(bit: 9)
+  static let configWCE = VirtioFeatures(bit: 11)
+
+  /// The cache mode follows the driver's features, as QEMU's virtio-blk does: a driver that can
+  /// switch it (CONFIG_WCE) finds the mode the export is in; otherwise writeback exactly when the
+  /// driver can flush (virtio 1.2 §5.2.6.1: without FLUSH, writes are made durable one by one).
+  public func featuresAcknowledged(_ features: VirtioFeatures) {
+    ackedBits.store(features.rawValue, ordering: .relaxed)
+    if !features.contains(Self.flushFeature) {
+      writeback.store(false, ordering: .relaxed)
+    } else if !features.contains(Self.configWCE) {
+      writeback.store(true, ordering: .relaxed)
+    }
   }
 
   public func process(_ queue: QueueHandle) {
@@ -170,6 +211,7 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
           try file.write(from: mapping, at: at, count: len, fileOffset: fileOffset)
           fileOffset += UInt64(len)
         }
+        try syncIfWritethrough()
       } catch {
         return (.ioerr, 0)
       }
@@ -203,11 +245,19 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
         // DISCARD punches; WRITE_ZEROES zeroes, or punches with the UNMAP flag (reads return zeros).
         try file.zero(
           fileOffset: offset, count: UInt64(count) * Self.sectorSize, punch: type == .discard || flags & 1 != 0)
+        try syncIfWritethrough()
       } catch {
         return (.ioerr, 0)
       }
       return (.ok, 0)
     }
+  }
+
+  /// In writethrough mode a write completes only once it is durable.
+  func syncIfWritethrough() throws(SystemError) {
+    guard !isWriteback else { return }
+    try file.flush()
+    lock.withLock { _stats.writethroughSyncs += 1 }
   }
 
   /// The byte offset of a request, nil unless `[sector*512, +length)` lies inside the disk.

@@ -36,6 +36,14 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   private let reasons = ReasonCounts()
   private let segmentation = SegmentationCounts()
   let pending: FrameQueue
+  /// The receive filter the driver set through the control queue.
+  let filter: Locked<NetReceiveFilter>
+  /// Receive queue pairs in use (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET).
+  let activePairs: Atomic<Int>
+  /// VIRTIO_NET_S_ANNOUNCE is set (SEND_RARP with GUEST_ANNOUNCE) and not yet acknowledged.
+  let announcing = Atomic<Bool>(false)
+  let controlCommands = Atomic<Int>(0)
+  let controlErrors = Atomic<Int>(0)
   private let sessionLock = Lock()
   private weak var session: BackendSession?
 
@@ -67,6 +75,8 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     pending = FrameQueue(
       capacity: max(64, min(pendingFrames, (12 << 20) / (maxFrame + 64))), maxFrame: maxFrame,
       largeBytes: FrameQueue.defaultLargeBytes)
+    filter = Locked(NetReceiveFilter(address: Self.mac48(self.mac)))
+    activePairs = Atomic(self.pairs)
     sw.add(self)
   }
 
@@ -75,7 +85,7 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   public var features: VirtioFeatures {
     var f: VirtioFeatures = [
       .version1, NetFeature.csum, NetFeature.guestCsum, NetFeature.mac, NetFeature.mrgRxbuf, NetFeature.status,
-      NetFeature.mtu,
+      NetFeature.mtu, NetFeature.ctrlVq, NetFeature.ctrlRx, NetFeature.ctrlMacAddr, NetFeature.guestAnnounce,
     ]
     if pairs > 1 { f.insert(NetFeature.mq) }
     // TSO in both directions where frames are forwarded (rxonly and txonly only count and generate).
@@ -88,13 +98,17 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     return f
   }
   public var extraProtocolFeatures: ProtocolFeatures { [.mtu, .rarp] }
-  public var queueCount: Int { pairs * 2 }
+  /// The receive/transmit pairs, then the control queue (used only by front-ends that hand it to
+  /// the back-end; QEMU and DPDK's virtio_user serve it themselves).
+  public var queueCount: Int { pairs * 2 + 1 }
   public var maxQueueSize: Int { 32768 }
 
   public func readConfig() -> [UInt8] {
     var w = ByteWriter()
-    w.write(bytes: mac)
-    w.write(UInt16(1))  // VIRTIO_NET_S_LINK_UP
+    // The address the driver set with VIRTIO_NET_CTRL_MAC_ADDR_SET, else --mac.
+    let address = filter.withLock { $0.address }
+    w.write(bytes: (0..<6).map { UInt8(truncatingIfNeeded: address >> (8 * (5 - UInt64($0)))) })
+    w.write(UInt16(announcing.load(ordering: .relaxed) ? 3 : 1))  // LINK_UP, ANNOUNCE
     w.write(UInt16(pairs))
     w.write(UInt16(currentMTU.load(ordering: .relaxed)))
     return w.bytes
@@ -120,18 +134,36 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   public func sendRARP(mac: [UInt8]) throws {
     guard mac.count == 6 else { throw DeviceError("SEND_RARP needs a 6-byte MAC") }
     netSwitch.announce(mac: mac, from: switchIndex)
+    // A driver that can announce itself is asked to as well (VIRTIO_NET_S_ANNOUNCE in the status).
+    let f = acked
+    if f.contains(NetFeature.guestAnnounce) && f.contains(NetFeature.ctrlVq) {
+      announcing.store(true, ordering: .relaxed)
+      // The driver reads the status on a configuration-change interrupt. Sent from a thread of
+      // its own: the front-end may answer it only after this request's reply.
+      if let s = sessionLock.withLock({ session }) {
+        try? SystemThread.start(name: "vhost-net-announce") { try? s.notifyConfigChange() }
+      }
+    }
   }
 
   public func reset() {
     up.store(false, ordering: .releasing)
     ackedBits.store(0, ordering: .releasing)
     currentMTU.store(Int(mtu), ordering: .relaxed)
+    filter.withLock { $0 = NetReceiveFilter(address: Self.mac48(mac)) }
+    activePairs.store(pairs, ordering: .relaxed)
+    announcing.store(false, ordering: .relaxed)
     pending.lock.withLock { pending.removeAll() }
     let i = switchIndex
     if i >= 0 { netSwitch.forget(port: i) }
   }
 
   public func process(_ queue: QueueHandle) {
+    if queue.index == controlQueueIndex {
+      control(queue)
+      return
+    }
+    // Queue 2 × pairs is unused when the control queue sits at 2 (no MQ negotiated).
     guard queue.index < queueCounters.count else { return }
     if queue.index % 2 == 1 {
       transmit(queue)
@@ -168,6 +200,10 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   public var isUp: Bool { up.load(ordering: .acquiring) }
 
   public func enqueue(header: NetHeader, frame buffer: PacketBuffer, _ frame: Range<Int>) -> NetDropReason? {
+    if frame.count >= 6, !accepts(destination: buffer.u48be(at: frame.lowerBound)) {
+      reasons.add(.filtered)
+      return .filtered
+    }
     var h = header
     if header.isGSO {
       // The sender checked the frame against its own limits; the layout is taken again here.
@@ -246,6 +282,8 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     }
     let r = reasons.text
     if !r.isEmpty { lines.append("  dropped: \(r)") }
+    let control = controlCounters
+    if control.commands > 0 { lines.append("  control queue: \(control.commands) commands, \(control.errors) refused") }
     let g = segmentation.value
     if g.frames > 0 { lines.append("  \(g)") }
     return lines.joined(separator: "\n")
@@ -282,20 +320,23 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     }
 
     if mode == .rxonly || mode == .txonly {
-      while let chain = queue.next() {
-        let length = chain.readableLength
-        if let p = sizeProblem(length) {
-          c.errors += 1
-          why[p, default: 0] += 1
-        } else {
-          c.packets += 1
-          c.bytes += length - hdr
+      // Counted and returned in bursts: one used-index update and one notification check each.
+      queue.withBurstStorage { burst in
+        while queue.nextBurst(&burst, limit: Self.burstSize) > 0 {
+          for i in 0..<burst.count where !burst.isFailed(i) {
+            let length = burst.readableLength(i)
+            if let p = sizeProblem(length) {
+              c.errors += 1
+              why[p, default: 0] += 1
+            } else {
+              c.packets += 1
+              c.bytes += length - hdr
+            }
+          }
+          queue.completeBurst(&burst)
+          queue.notifyIfNeeded()
         }
-        queue.complete(chain, written: 0)
-        n += 1
-        if n % 32 == 0 { queue.notifyIfNeeded() }
       }
-      queue.notifyIfNeeded()
       queueCounters[queue.index].add(c)
       reasons.add(why)
       return
@@ -362,6 +403,8 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
   /// generated frames) into its buffers.
   func receive(_ queue: QueueHandle) {
     up.store(true, ordering: .releasing)
+    // Receive queues beyond the pairs the driver said it uses stay idle.
+    guard queue.index / 2 < activePairs.load(ordering: .relaxed) else { return }
     if forwarding == .txonly {
       fillReceiveQueue(queue)
       return
@@ -480,38 +523,53 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     }
   }
 
-  /// The driver's receive queue in txonly mode: a header and a generated broadcast frame per buffer.
-  func fillReceiveQueue(_ queue: QueueHandle) {
-    let features = acked
-    let hdr = NetHeader.length(for: features)
-    let mergeable = features.contains(NetFeature.mrgRxbuf)
+  /// Chains taken from a ring at a time in the burst paths (testpmd's default burst).
+  static let burstSize = 32
+
+  /// txonly's packets, header (num_buffers 1) then the generated broadcast frame: for a 10-byte
+  /// and a 12-byte virtio-net header. Built once, only read afterwards.
+  private lazy var txPackets: [PacketBuffer] = [10, 12].map { hdr in
+    var h = NetHeader()
+    h.numBuffers = 1
     var bytes = [UInt8](repeating: 0, count: hdr)
     bytes += [UInt8](repeating: 0xff, count: 6) + mac + [0x08, 0x00]
     bytes += [UInt8](repeating: 0x5a, count: max(0, txFrameSize - Ethernet.headerLength))
     let packet = PacketBuffer(capacity: bytes.count)
     packet.set(bytes, at: 0)
+    h.write(to: packet, at: 0, length: hdr)
+    return packet
+  }
+  private let txPacketsLock = Lock()
+
+  /// The driver's receive queue in txonly mode: a header and a generated broadcast frame per
+  /// buffer, in bursts. A buffer too small for the packet is returned empty and counted (a
+  /// generator does not spread 64-byte frames over several buffers).
+  func fillReceiveQueue(_ queue: QueueHandle) {
+    let features = acked
+    let hdr = NetHeader.length(for: features)
+    let packet = txPacketsLock.withLock { txPackets[hdr == 10 ? 0 : 1] }
+    let size = packet.capacity
+    let log = queue.log
     var c = NetCounters()
-    var why: [NetDropReason: Int] = [:]
-    var n = 0
-    while true {
-      let outcome = deliver(
-        header: NetHeader(), packet: packet, 0..<bytes.count, headerLength: hdr, mergeable: mergeable, into: queue)
-      if case .noBuffers = outcome { break }
-      switch outcome {
-      case .delivered:
-        c.packets += 1
-        c.bytes += bytes.count - hdr
-      case .dropped(let r):
-        c.drops += 1
-        why[r, default: 0] += 1
-      case .noBuffers: break
+    var tooSmall = 0
+    queue.withBurstStorage { burst in
+      while queue.nextBurst(&burst, limit: Self.burstSize) > 0 {
+        for i in 0..<burst.count where !burst.isFailed(i) {
+          guard burst.writableLength(i) >= size else {
+            tooSmall += 1
+            continue
+          }
+          burst.setWritten(i, burst.scatter(i, from: packet, 0..<size, log: log))
+          c.packets += 1
+          c.bytes += size - hdr
+        }
+        queue.completeBurst(&burst)
+        queue.notifyIfNeeded()
       }
-      n += 1
-      if n % 32 == 0 { queue.notifyIfNeeded() }
     }
-    queue.notifyIfNeeded()
+    c.drops += tooSmall
     queueCounters[queue.index].add(c)
-    reasons.add(why)
+    if tooSmall > 0 { reasons.add(.rxBufferTooSmall, tooSmall) }
   }
 }
 

@@ -22,7 +22,9 @@ public enum NetFeature {
   public static let mrgRxbuf = VirtioFeatures(bit: 15)
   public static let status = VirtioFeatures(bit: 16)
   public static let ctrlVq = VirtioFeatures(bit: 17)
+  public static let ctrlRx = VirtioFeatures(bit: 18)
   public static let guestAnnounce = VirtioFeatures(bit: 21)
+  public static let ctrlMacAddr = VirtioFeatures(bit: 23)
   public static let mq = VirtioFeatures(bit: 22)
 }
 
@@ -176,6 +178,8 @@ public enum NetDropReason: String, Sendable, CaseIterable, CustomStringConvertib
   case portDown = "port-down"
   /// A TAP write failed.
   case tapWrite = "tap-write"
+  /// The receiving port's filter (promiscuous mode off, MAC table: CTRL_RX) does not take it.
+  case filtered
 
   public var description: String { rawValue }
 }

@@ -127,13 +127,15 @@ public final class NetDriver: @unchecked Sendable {
     let end = start + UInt64(max(0, seconds) * 1e9)
     var now = start
     var rounds = 0
+    let ring = tx.ring
+    let kick = tx.kick
     do {
       while now < end {
-        completed += try tx.ring.reclaimUsed()
-        let n = try tx.ring.addBurst(burst) { head in (addresses[Int(head)], length) }
+        completed += try ring.reclaimUsed()
+        let n = try ring.addBurst(burst) { head in (addresses[Int(head)], length) }
         published += n
-        if n > 0, tx.ring.needsKick() {
-          try tx.kick.signal()
+        if n > 0, ring.needsKick() {
+          try kick.signal()
           kicks += 1
         }
         rounds += 1

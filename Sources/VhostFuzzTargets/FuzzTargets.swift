@@ -191,6 +191,27 @@ enum FuzzRing {
       eventIndex: flags & 1 != 0, packed: packed,
       base: VringBase(num: UInt32(input.u16()) | UInt32(input.u16()) << 16, packed: packed))
     guard let ring = try? makeDeviceRing(config, memory: memory) else { return }
+    if flags & 2 != 0 {
+      // The burst path: chains taken, echoed and completed a burst at a time.
+      let buffer = PacketBuffer(capacity: 512)
+      var burst = ChainBurst()
+      for _ in 0..<16 {
+        do {
+          try ring.popBurst(into: &burst, limit: Int(flags >> 2) + 1)
+        } catch {
+          break
+        }
+        if burst.count == 0 && burst.errors.isEmpty { break }
+        for i in 0..<burst.count where !burst.isFailed(i) {
+          let n = burst.gather(i, count: burst.readableLength(i), into: buffer, at: 0)
+          burst.setWritten(i, burst.scatter(i, from: buffer, 0..<n))
+        }
+        try? ring.pushBurst(burst)
+        _ = ring.needsNotification()
+      }
+      _ = ring.base
+      return
+    }
     for _ in 0..<64 {
       guard let chain = try? ring.pop() else {
         if !ring.hasAvailable { break }
@@ -243,7 +264,8 @@ enum FuzzDevices {
       guard let blk = blkDevice else { return }
       blk.process(queue)
     } else if which & 4 == 0 {
-      NetDevice(forwarding: .rxonly).process(queue)
+      // rxonly's transmit queue, or txonly's receive queue (both burst paths).
+      NetDevice(forwarding: which % 2 == 1 ? .rxonly : .txonly).process(queue)
     } else {
       // The switch path: port A transmits the image's chains (header checks, gathering), the
       // switch floods them to port B, whose receive queue (over the same ring, as the driver's

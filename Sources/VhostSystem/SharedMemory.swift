@@ -168,6 +168,14 @@ public final class SharedMemory: @unchecked Sendable {
     p.pointee.bitwiseOr(mask, ordering: .relaxed)
   }
 
+  /// Hints the CPU to fetch the cache line at `offset` (for writing when `write`); offsets outside
+  /// the mapping are ignored. A hint only: nothing is read or written.
+  @inlinable
+  public func prefetch(at offset: UInt64, write: Bool = false) {
+    guard offset < UInt64(size) else { return }
+    _cvh_prefetch(base + Int(offset), write ? 1 : 0)
+  }
+
   /// A full memory barrier (between publishing buffers and reading the other side's flags).
   public static func fullFence() { atomicMemoryFence(ordering: .sequentiallyConsistent) }
 }

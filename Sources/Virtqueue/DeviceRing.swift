@@ -49,6 +49,43 @@ public protocol DeviceRing: AnyObject, Sendable {
   var hasAvailable: Bool { get }
   /// Dirty log for used-ring and buffer writes, when logging is on.
   var log: DirtyLog? { get set }
+  /// Takes up to `limit` available chains into `burst` (emptied first). Malformed chains are kept
+  /// as failed entries (returned with length 0 by `pushBurst`) or, when they cannot be returned,
+  /// only listed in `burst.errors`. Throws when the ring itself is unusable.
+  func popBurst(into burst: inout ChainBurst, limit: Int) throws(ChainError)
+  /// Completes every chain of `burst` with its `setWritten` length.
+  func pushBurst(_ burst: ChainBurst) throws(ChainError)
+}
+
+extension DeviceRing {
+  public func popBurst(into burst: inout ChainBurst, limit: Int) throws(ChainError) {
+    try popBurstOneByOne(into: &burst, limit: limit)
+  }
+
+  public func pushBurst(_ burst: ChainBurst) throws(ChainError) {
+    precondition(burst.chains.count == burst.count, "a burst not taken chain by chain")
+    for i in 0..<burst.count { try push(burst.chains[i], length: burst.written(i)) }
+  }
+
+  /// The burst path of rings without one of their own: `pop()` chain by chain.
+  func popBurstOneByOne(into burst: inout ChainBurst, limit: Int) throws(ChainError) {
+    burst.reset(for: nil)
+    // Malformed chains count against the limit too: a driver publishing nothing else cannot keep
+    // this loop (or the error list) going.
+    while burst.taken < limit {
+      do {
+        guard let chain = try pop() else { return }
+        burst.append(chain)
+        burst.taken += 1
+      } catch {
+        // pop() already returned a malformed chain to the driver.
+        burst.taken += 1
+        burst.errors.append(error)
+        if case .availIndexJump = error { return }
+        if case .ringNotReady = error { return }
+      }
+    }
+  }
 }
 
 /// Makes the ring for `configuration` over `memory` (split or packed per the configuration).
@@ -64,37 +101,15 @@ enum DescFlags {
   static let indirect: UInt16 = 4
 }
 
-/// Walks one chain's descriptors (direct or via one indirect table) with every check the spec asks.
-struct ChainBuilder {
-  let memory: GuestMemory
-  let head: UInt16
-  var readable: [MemorySegment] = []
-  var writable: [MemorySegment] = []
-  var count = 0
+/// Where a descriptor walk puts the buffers it validated.
+protocol ChainSink {
+  var memory: GuestMemory { get }
+  var head: UInt16 { get }
+  /// Adds one buffer descriptor (translating and bounds-checking it).
+  mutating func add(address: UInt64, length: UInt32, writable: Bool) throws(ChainError)
+}
 
-  init(memory: GuestMemory, head: UInt16) {
-    self.memory = memory
-    self.head = head
-  }
-
-  /// Adds one buffer descriptor.
-  mutating func add(address: UInt64, length: UInt32, writable isWritable: Bool) throws(ChainError) {
-    let segs: [MemorySegment]
-    do {
-      segs = try memory.segments(guestAddress: address, length: Int(length))
-    } catch {
-      throw .unmapped("descriptor of chain \(head): \(error)")
-    }
-    // The first buffer's segments become the array (no copy): a one-descriptor chain costs one
-    // allocation.
-    if isWritable {
-      if writable.isEmpty { writable = segs } else { writable += segs }
-    } else {
-      guard writable.isEmpty else { throw .readableAfterWritable(head: head) }
-      if readable.isEmpty { readable = segs } else { readable += segs }
-    }
-  }
-
+extension ChainSink {
   /// Walks an indirect table of `length` bytes at `address` (split layout: addr, len, flags, next).
   mutating func walkIndirect(address: UInt64, length: UInt32) throws(ChainError) {
     guard length > 0, length % 16 == 0 else { throw .badIndirectTable(head: head, length: length) }
@@ -121,6 +136,38 @@ struct ChainBuilder {
       try add(address: addr, length: len, writable: flags & DescFlags.write != 0)
       if flags & DescFlags.next == 0 { return }
       i = next
+    }
+  }
+}
+
+/// Walks one chain's descriptors (direct or via one indirect table) with every check the spec asks.
+struct ChainBuilder: ChainSink {
+  let memory: GuestMemory
+  let head: UInt16
+  var readable: [MemorySegment] = []
+  var writable: [MemorySegment] = []
+  var count = 0
+
+  init(memory: GuestMemory, head: UInt16) {
+    self.memory = memory
+    self.head = head
+  }
+
+  /// Adds one buffer descriptor.
+  mutating func add(address: UInt64, length: UInt32, writable isWritable: Bool) throws(ChainError) {
+    let segs: [MemorySegment]
+    do {
+      segs = try memory.segments(guestAddress: address, length: Int(length))
+    } catch {
+      throw .unmapped("descriptor of chain \(head): \(error)")
+    }
+    // The first buffer's segments become the array (no copy): a one-descriptor chain costs one
+    // allocation.
+    if isWritable {
+      if writable.isEmpty { writable = segs } else { writable += segs }
+    } else {
+      guard writable.isEmpty else { throw .readableAfterWritable(head: head) }
+      if readable.isEmpty { readable = segs } else { readable += segs }
     }
   }
 

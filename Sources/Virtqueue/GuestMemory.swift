@@ -41,9 +41,47 @@ public struct MemorySegment: Sendable {
 /// adjacent regions. A new table makes a new snapshot, so a worker holding the old one stays safe.
 public final class GuestMemory: Sendable {
   public let regions: [MappedRegion]
+  /// `regions[i].mapping`, for bursts (`BurstSegment.mapping` indexes it).
+  public let mappings: [SharedMemory]
+  /// Guest-physical start and end of each region (plain values: the burst path's lookups).
+  let guestBounds: [(start: UInt64, end: UInt64)]
+
+  /// No memory at all.
+  static let empty = GuestMemory()
 
   public init(regions: [MappedRegion] = []) {
     self.regions = regions.sorted { $0.region.guestPhysAddr < $1.region.guestPhysAddr }
+    mappings = self.regions.map(\.mapping)
+    guestBounds = self.regions.map { ($0.region.guestPhysAddr, $0.guestEnd) }
+  }
+
+  /// Appends the segments covering `[gpa, gpa+length)` to `out` (indices into `mappings`); throws
+  /// if any byte is unmapped. The allocation-free twin of `segments(guestAddress:length:)`.
+  func appendSegments(guestAddress gpa: UInt64, length: Int, writable: Bool, to out: inout [BurstSegment])
+    throws(GuestMemoryError)
+  {
+    var address = gpa
+    var left = UInt64(length)
+    guard gpa <= UInt64.max - left else { throw .unmapped(address: gpa, length: left, space: "guest-physical") }
+    while left > 0 {
+      var found = -1
+      var i = 0
+      while i < guestBounds.count {
+        if address >= guestBounds[i].start && address < guestBounds[i].end {
+          found = i
+          break
+        }
+        i += 1
+      }
+      guard found >= 0 else { throw .unmapped(address: gpa, length: UInt64(length), space: "guest-physical") }
+      let b = guestBounds[found]
+      let offset = address - b.start
+      let n = min(left, b.end - address)
+      out.append(
+        BurstSegment(mapping: Int32(found), writable: writable, offset: offset, length: Int(n), guestAddress: address))
+      address += n
+      left -= n
+    }
   }
 
   /// Maps `region` from `fd` (honouring mmap_offset) and returns a snapshot with it added.

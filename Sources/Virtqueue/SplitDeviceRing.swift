@@ -81,8 +81,14 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
   public var usedIndex: UInt16 { usedIdx }
 
   func walk(_ head: UInt16) throws(ChainError) -> DescriptorChain {
-    guard head < size else { throw .headOutOfRange(UInt32(head), size: size) }
     var builder = ChainBuilder(memory: memory, head: head)
+    try walk(head, into: &builder)
+    return builder.build()
+  }
+
+  /// Validates the chain at `head`, handing each buffer to `sink`.
+  func walk<Sink: ChainSink>(_ head: UInt16, into builder: inout Sink) throws(ChainError) {
+    guard head < size else { throw .headOutOfRange(UInt32(head), size: size) }
     var i = head
     var seen = 0
     while true {
@@ -90,17 +96,90 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
       seen += 1
       guard seen <= Int(size) else { throw .loop(head: head) }
       let at = descOffset + UInt64(i) * 16
-      guard let addr = try? desc.load(UInt64.self, at: at), let len = try? desc.load(UInt32.self, at: at + 8),
-        let flags = try? desc.load(UInt16.self, at: at + 12), let next = try? desc.load(UInt16.self, at: at + 14)
-      else { throw .ringNotReady("descriptor table") }
+      // addr u64, then len u32 | flags u16 | next u16 in one load.
+      guard let addr = try? desc.load(UInt64.self, at: at), let rest = try? desc.load(UInt64.self, at: at + 8) else {
+        throw .ringNotReady("descriptor table")
+      }
+      let len = UInt32(truncatingIfNeeded: rest)
+      let flags = UInt16(truncatingIfNeeded: rest >> 32)
+      let next = UInt16(truncatingIfNeeded: rest >> 48)
       if flags & DescFlags.indirect != 0 {
         guard flags & DescFlags.next == 0 else { throw .badIndirectTable(head: head, length: len) }
         try builder.walkIndirect(address: addr, length: len)
-        return builder.build()
+        return
       }
       try builder.add(address: addr, length: len, writable: flags & DescFlags.write != 0)
-      if flags & DescFlags.next == 0 { return builder.build() }
+      if flags & DescFlags.next == 0 { return }
       i = next
+    }
+  }
+
+  public func popBurst(into burst: inout ChainBurst, limit: Int) throws(ChainError) {
+    // Inflight tracking and dirty logging keep their per-chain bookkeeping.
+    if inflight != nil || (log != nil && configuration.logUsed) {
+      try popBurstOneByOne(into: &burst, limit: limit)
+      return
+    }
+    burst.reset(for: memory)
+    guard let availIdx = try? avail.loadAcquire16(at: availOffset + 2) else { throw .ringNotReady("avail ring") }
+    var last = lastAvail
+    let pending = availIdx &- last
+    if pending == 0 { return }
+    guard pending <= size else { throw .availIndexJump(from: last, to: availIdx, size: size) }
+    burst.memory = memory
+    defer { burst.memory = GuestMemory.empty }
+    let n = min(Int(pending), limit)
+    // Heads first, their descriptors prefetched: the walks below then overlap their cache misses
+    // instead of taking them one after the other.
+    burst.heads.removeAll(keepingCapacity: true)
+    for k in 0..<n {
+      guard let head = try? avail.load(UInt16.self, at: availOffset + 4 + UInt64((last &+ UInt16(k)) % size) * 2)
+      else {
+        burst.errors.append(.ringNotReady("avail ring"))
+        break
+      }
+      burst.heads.append(head)
+      if head < size { desc.prefetch(at: descOffset + UInt64(head) * 16) }
+    }
+    for head in burst.heads {
+      last &+= 1
+      burst.taken += 1
+      burst.beginChain(head)
+      do {
+        try walk(head, into: &burst)
+        burst.finishChain(head: head, readable: burst.openReadable, writable: burst.openWritable, failed: false)
+      } catch {
+        burst.discardOpenSegments()
+        burst.errors.append(error)
+        // Returned with length 0 when it names a real descriptor; otherwise only counted.
+        if head < size { burst.finishChain(head: head, readable: 0, writable: 0, failed: true) }
+      }
+    }
+    lastAvail = last
+    if configuration.eventIndex {
+      // avail_event once per burst (see pop()).
+      try? used.store(last, at: usedOffset + 4 + UInt64(size) * 8)
+      SharedMemory.fullFence()
+    }
+  }
+
+  public func pushBurst(_ burst: ChainBurst) throws(ChainError) {
+    if inflight != nil || (log != nil && configuration.logUsed) {
+      for i in 0..<burst.count { try complete(id: UInt32(burst.head(i)), length: burst.written(i)) }
+      return
+    }
+    var idx = usedIdx
+    do {
+      for e in burst.entries {
+        let slot = UInt64(idx % size)
+        try used.store(UInt32(e.head), at: usedOffset + 4 + slot * 8)
+        try used.store(e.written, at: usedOffset + 8 + slot * 8)
+        idx &+= 1
+      }
+      usedIdx = idx
+      try used.storeRelease16(idx, at: usedOffset + 2)
+    } catch {
+      throw .ringNotReady("used ring: \(error)")
     }
   }
 

@@ -175,21 +175,34 @@ public final class SplitDriverQueue: @unchecked Sendable {
   public func addBurst(_ count: Int, buffer: (UInt16) -> (address: UInt64, length: UInt32)) throws(QueueError) -> Int {
     let n = min(count, freeCount)
     guard n > 0 else { return 0 }
+    // The free list and index in locals for the burst (one access to the properties each, not one
+    // per descriptor).
+    var free = freeHead
+    var idx = availIdx
+    var taken = 0
+    var lengths: [Int] = []
+    swap(&lengths, &chainLength)
+    defer {
+      swap(&lengths, &chainLength)
+      freeHead = free
+      availIdx = idx
+      freeCount -= taken
+    }
+    let links = nextFree
     do {
       for _ in 0..<n {
-        let head = freeHead
+        let head = free
         let (address, length) = buffer(head)
         let at = descOffset + UInt64(head) * 16
         try mem.store(address, at: at)
-        try mem.store(length, at: at + 8)
-        try mem.store(UInt32(0), at: at + 12)  // flags 0, next 0
-        freeHead = nextFree[Int(head)]
-        chainLength[Int(head)] = 1
-        try mem.store(head, at: availOffset + 4 + UInt64(availIdx % size) * 2)
-        availIdx &+= 1
+        try mem.store(UInt64(length), at: at + 8)  // len, flags 0, next 0
+        free = links[Int(head)]
+        lengths[Int(head)] = 1
+        taken += 1
+        try mem.store(head, at: availOffset + 4 + UInt64(idx % size) * 2)
+        idx &+= 1
       }
-      freeCount -= n
-      try mem.storeRelease16(availIdx, at: availOffset + 2)
+      try mem.storeRelease16(idx, at: availOffset + 2)
     } catch {
       throw .memory(error)
     }
@@ -199,21 +212,35 @@ public final class SplitDriverQueue: @unchecked Sendable {
   /// Like `reapUsed`, without collecting the elements: returns how many chains completed.
   public func reclaimUsed() throws(QueueError) -> Int {
     var n = 0
+    var last = lastUsed
+    var free = freeHead
+    var freed = 0
+    var lengths: [Int] = []
+    var links: [UInt16] = []
+    swap(&lengths, &chainLength)
+    swap(&links, &nextFree)
+    defer {
+      swap(&lengths, &chainLength)
+      swap(&links, &nextFree)
+      lastUsed = last
+      freeHead = free
+      freeCount += freed
+    }
     do {
       let usedIdx = try mem.loadAcquire16(at: usedOffset + 2)
-      let pending = usedIdx &- lastUsed
+      let pending = usedIdx &- last
       guard pending <= size else { throw QueueError.corruptUsedRing("used index advanced by \(pending) > \(size)") }
-      while lastUsed != usedIdx {
-        let id = try mem.load(UInt32.self, at: usedOffset + 4 + UInt64(lastUsed % size) * 8)
-        guard id < UInt32(size), chainLength[Int(id)] > 0 else {
+      while last != usedIdx {
+        let id = try mem.load(UInt32.self, at: usedOffset + 4 + UInt64(last % size) * 8)
+        guard id < UInt32(size), lengths[Int(id)] > 0 else {
           throw QueueError.corruptUsedRing("used id \(id) is not an outstanding chain head")
         }
-        release(head: UInt16(id))
-        lastUsed &+= 1
+        freed += Self.release(head: UInt16(id), lengths: &lengths, links: &links, free: &free)
+        last &+= 1
         n += 1
       }
       if eventIndex && n > 0 {
-        try mem.store(lastUsed, at: availOffset + 4 + UInt64(size) * 2)
+        try mem.store(last, at: availOffset + 4 + UInt64(size) * 2)
         SharedMemory.fullFence()
       }
     } catch let error as QueueError {
@@ -227,14 +254,21 @@ public final class SplitDriverQueue: @unchecked Sendable {
   }
 
   private func release(head: UInt16) {
-    let count = chainLength[Int(head)]
-    chainLength[Int(head)] = 0
+    var free = freeHead
+    freeCount += Self.release(head: head, lengths: &chainLength, links: &nextFree, free: &free)
+    freeHead = free
+  }
+
+  /// Puts the chain at `head` back on the free list; returns its descriptor count.
+  private static func release(head: UInt16, lengths: inout [Int], links: inout [UInt16], free: inout UInt16) -> Int {
+    let count = lengths[Int(head)]
+    lengths[Int(head)] = 0
     var last = head
-    for _ in 1..<max(count, 1) { last = nextFree[Int(last)] }
-    // The chain's descriptors are linked through nextFree already (they were taken in order).
-    nextFree[Int(last)] = freeHead
-    freeHead = head
-    freeCount += count
+    for _ in 1..<max(count, 1) { last = links[Int(last)] }
+    // The chain's descriptors are linked through the free links already (they were taken in order).
+    links[Int(last)] = free
+    free = head
+    return count
   }
 
   /// Suppresses (or re-enables) used-buffer notifications from the device (no-EVENT_IDX mode).

@@ -34,10 +34,10 @@ extension BackendTests {
   }
 
   @Test(
-    "our front-end drives our back-end: 1100 chains per queue through rings of 256, echo checked",
+    "our front-end drives our back-end: 1100 chains per queue through rings of 256, echo checked (4 queues: burst path)",
     arguments: RingFeatures.all, [1, 4])
   func loopbackDataPath(features: RingFeatures, queues: Int) throws {
-    let backend = try LoopbackBackend(device: EchoDevice(queues: queues))
+    let backend = try LoopbackBackend(device: EchoDevice(queues: queues, bursts: queues > 1))
     defer { backend.stop() }
     let connection = try backend.connect()
     defer { connection.close() }

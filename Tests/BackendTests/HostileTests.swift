@@ -346,9 +346,11 @@ extension BackendTests {
     expectDescriptorCount(fdsBefore, before: listingBefore)
   }
 
-  @Test("hostile rings: descriptor loops, nested indirect tables, bad addresses, bad heads, avail index jumps")
-  func hostileRings() throws {
-    let backend = try LoopbackBackend(device: EchoDevice(queues: 1))
+  @Test(
+    "hostile rings: loops, nested indirect tables, bad addresses, bad heads, avail index jumps (next() and bursts)",
+    arguments: [false, true])
+  func hostileRings(bursts: Bool) throws {
+    let backend = try LoopbackBackend(device: EchoDevice(queues: 1, bursts: bursts))
     defer { backend.stop() }
     try expectHealthy(backend)
     #expect(backend.waitIdle())

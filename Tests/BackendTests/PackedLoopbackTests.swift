@@ -10,7 +10,7 @@ extension BackendTests {
   /// Our front-end's packed driver ring against our back-end's packed device ring.
   @Suite struct PackedLoopback {
     func run(eventIdx: Bool) throws {
-      let backend = try LoopbackBackend(device: EchoDevice(queues: 1))
+      let backend = try LoopbackBackend(device: EchoDevice(queues: 1, bursts: eventIdx))
       defer { backend.stop() }
       let connection = try backend.connect()
       defer { connection.close() }
@@ -75,7 +75,7 @@ extension BackendTests {
     }
 
     @Test(
-      "packed ring, EVENT_IDX off/on: echo verified across many wraps and a stop/restart",
+      "packed ring, EVENT_IDX off/on (on: burst path): echo verified across many wraps and a stop/restart",
       arguments: [false, true])
     func packed(eventIdx: Bool) throws { try run(eventIdx: eventIdx) }
   }

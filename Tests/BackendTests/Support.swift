@@ -36,8 +36,12 @@ final class EchoDevice: VhostUserDevice {
   let savedState: [UInt8] = Array("echo-device-state:v1".utf8) + (0..<64).map { UInt8($0 * 3 & 0xff) }
   private let counters: Locked<Counters>
 
-  init(queues: Int = 1) {
+  /// Takes chains with `QueueHandle.nextBurst` (the burst path) instead of `next()`.
+  let bursts: Bool
+
+  init(queues: Int = 1, bursts: Bool = false) {
     queueCount = queues
+    self.bursts = bursts
     counters = Locked(Counters(chains: Array(repeating: 0, count: queues)))
   }
 
@@ -54,6 +58,10 @@ final class EchoDevice: VhostUserDevice {
   func reset() { counters.withLock { $0.resets += 1 } }
 
   func process(_ queue: QueueHandle) {
+    if bursts {
+      processBursts(queue)
+      return
+    }
     var served = 0
     while let chain = queue.next() {
       var reader = chain.reader()
@@ -62,6 +70,26 @@ final class EchoDevice: VhostUserDevice {
       writer.write(bytes.map { $0 ^ 0x5a })
       queue.complete(chain, written: writer.written)
       served += 1
+    }
+    counters.withLock { $0.chains[queue.index] += served }
+    queue.notifyIfNeeded()
+  }
+
+  /// The same echo through the burst API (bursts of at most 3 chains, so a ring of several
+  /// chains takes several bursts).
+  func processBursts(_ queue: QueueHandle) {
+    var served = 0
+    let buffer = PacketBuffer(capacity: 1 << 16)
+    queue.withBurstStorage { burst in
+      while queue.nextBurst(&burst, limit: 3) > 0 {
+        for i in 0..<burst.count where !burst.isFailed(i) {
+          let n = burst.gather(i, count: burst.readableLength(i), into: buffer, at: 0)
+          for k in 0..<n { buffer[k] ^= 0x5a }
+          burst.setWritten(i, burst.scatter(i, from: buffer, 0..<n, log: queue.log))
+          served += 1
+        }
+        queue.completeBurst(&burst)
+      }
     }
     counters.withLock { $0.chains[queue.index] += served }
     queue.notifyIfNeeded()

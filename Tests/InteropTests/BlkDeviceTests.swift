@@ -186,4 +186,41 @@ struct BlkDeviceTests {
       #expect(c.maxDiscardSectors > 0 && c.maxWriteZeroesSectors > 0)
     }
   }
+
+  @Test("CONFIG_WCE: the writeback byte switches to writethrough (each write made durable); other fields refused")
+  func cacheMode() throws {
+    try Self.withDisk(features: [VirtioFeatures(bit: 11), VirtioFeatures(bit: 14)]) { blk, image, device in
+      let frontend = blk.device.frontend
+      #expect(frontend.state.backendFeatures.contains(VirtioFeatures(bit: 11)))
+      #expect(try frontend.getConfig(offset: 32, size: 1) == [1])  // writeback by default
+      let data = pattern(4096, seed: 3)
+      try blk.write(offset: 0, data: data)
+      #expect(device.stats.writethroughSyncs == 0)
+      try frontend.setConfig(offset: 32, bytes: [0])
+      #expect(try frontend.getConfig(offset: 32, size: 1) == [0])
+      #expect(!device.isWriteback)
+      try blk.write(offset: 4096, data: data)
+      try blk.writeZeroes(offset: 8192, length: 4096)
+      #expect(device.stats.writethroughSyncs == 2)
+      #expect(try readFile(image, offset: 4096, count: 4096) == data)
+      // Only the writeback byte is writable.
+      #expect(throws: FrontendError.self) { try frontend.setConfig(offset: 0, bytes: [0, 0, 0, 0, 0, 0, 0, 0]) }
+      #expect(throws: FrontendError.self) { try frontend.setConfig(offset: 32, bytes: [1, 0]) }
+      try frontend.setConfig(offset: 32, bytes: [1])
+      #expect(device.isWriteback)
+      try blk.write(offset: 0, data: data)
+      #expect(device.stats.writethroughSyncs == 2)
+    }
+    // Without CONFIG_WCE negotiated the byte is not writable, and the mode follows FLUSH.
+    try Self.withDisk { blk, _, device in
+      #expect(throws: FrontendError.self) { try blk.device.frontend.setConfig(offset: 32, bytes: [0]) }
+      #expect(device.isWriteback)
+    }
+    // Read-only exports neither offer CONFIG_WCE nor accept the write.
+    try Self.withDisk(readOnly: true) { blk, _, _ in
+      let frontend = blk.device.frontend
+      #expect(!frontend.state.backendFeatures.contains(VirtioFeatures(bit: 11)))
+      #expect(throws: FrontendError.self) { try frontend.setConfig(offset: 32, bytes: [0]) }
+    }
+  }
 }

@@ -84,14 +84,16 @@ final class NetTestNIC {
   /// Used elements that came back with length 0 (buffers returned unused).
   private(set) var emptyBuffers = 0
 
-  init(path: String, features: VirtioFeatures, queueSize: UInt16 = 256, memorySize: Int = 16 << 20) throws {
+  init(
+    path: String, features: VirtioFeatures, queueSize: UInt16 = 256, memorySize: Int = 16 << 20, queueCount: Int = 2
+  ) throws {
     var c = FrontendConfiguration()
     c.logger.logLevel = .critical
     connection = try VhostUserConnection.connect(path: path, configuration: c, retryMilliseconds: 5000)
     let frontend = connection.device()
     try frontend.negotiate()
     driver = try DeviceDriver(
-      frontend: frontend, features: features, queueCount: 2, queueSize: queueSize, memorySize: memorySize)
+      frontend: frontend, features: features, queueCount: queueCount, queueSize: queueSize, memorySize: memorySize)
     headerLength = NetHeader.length(for: driver.ackedFeatures)
     mergeable = driver.ackedFeatures.contains(NetFeature.mrgRxbuf)
   }
@@ -119,6 +121,35 @@ final class NetTestNIC {
     }
     try tx.ring.add(buffers)
     try tx.kick.signal()
+  }
+
+  /// Sends one control-queue command (class, command, data) on queue 2 (one queue pair) and
+  /// returns the device's acknowledgement byte, or nil if the chain came back without one.
+  func control(_ cls: UInt8, _ command: UInt8, _ data: [UInt8], ackRoom: Bool = true) throws -> UInt8? {
+    let q = driver.queues[2]
+    let bytes = [cls, command] + data
+    let at = try driver.allocate(bytes.count)
+    try memory.write(bytes, at: at)
+    let ack = try driver.allocate(1)
+    try memory.write([0xee], at: ack)
+    var buffers = [
+      DriverBuffer(guestAddress: driver.memory.gpa(at), length: UInt32(bytes.count), deviceWritable: false)
+    ]
+    if ackRoom { buffers.append(DriverBuffer(guestAddress: driver.memory.gpa(ack), length: 1, deviceWritable: true)) }
+    let head = try q.ring.add(buffers)
+    try q.kick.signal()
+    var used: [UsedElement] = []
+    guard
+      netWait(
+        seconds: 10,
+        {
+          used += (try? q.ring.reapUsed()) ?? []; return !used.isEmpty
+        })
+    else {
+      throw FrontendError.invalidArgument("control command not answered")
+    }
+    guard used[0].head == head, used[0].length == 1 else { return nil }
+    return try memory.read(at: ack, count: 1)[0]
   }
 
   /// Sends one frame behind a header (zeros unless given).
@@ -503,6 +534,97 @@ struct NetSwitchTests {
     #expect(h.ports[0].portMTU == 1400)
     // Above --mtu: refused (the framework closes the connection on a device's refusal today).
     #expect(throws: (any Error).self) { try nics[0].driver.frontend.netSetMTU(9000) }
+  }
+
+  @Test(
+    "control queue: receive filter (promiscuous, all-multicast, MAC table), MAC_ADDR_SET, ANNOUNCE, MQ; bad commands get ERR"
+  )
+  func controlQueue() throws {
+    let h = try NetSwitchHarness(ports: 2)
+    defer { h.stop() }
+    let features: VirtioFeatures = [
+      .version1, NetFeature.mac, NetFeature.ctrlVq, NetFeature.ctrlRx, NetFeature.ctrlMacAddr,
+      NetFeature.guestAnnounce,
+    ]
+    let a = try NetTestNIC(path: h.path(0), features: features, queueCount: 3)
+    let b = try NetTestNIC(path: h.path(1), features: features, queueCount: 3)
+    try a.postRx(count: 64, size: 2048)
+    try b.postRx(count: 64, size: 2048)
+    #expect(netWait { h.ports[0].isUp && h.ports[1].isUp })
+    let macA = Self.macOf(h, 0)
+    let stranger: [UInt8] = [0x02, 0, 0, 0, 0, 0x99]
+    let group: [UInt8] = [0x01, 0, 0x5e, 0, 0, 1]
+    /// Sends frames to each address in `dsts` then a broadcast marker; returns the destinations B got.
+    func deliveredToB(_ dsts: [[UInt8]]) throws -> [[UInt8]] {
+      for (i, d) in dsts.enumerated() { try a.send(ethernetFrame(dst: d, src: macA, payload: [UInt8(i)])) }
+      try a.send(ethernetFrame(dst: Self.broadcast, src: macA, payload: [0xff]))
+      var got: [[UInt8]] = []
+      while true {
+        guard let f = try b.receive(1).first?.1 else { return got }
+        if Array(f[0..<6]) == Self.broadcast && f[14] == 0xff { return got }
+        got.append(Array(f[0..<6]))
+      }
+    }
+    // Promiscuous until the driver says otherwise: an unknown unicast (flooded) and a group reach B.
+    #expect(try deliveredToB([stranger, group]) == [stranger, group])
+    // Promiscuous off: only B's own address and broadcast.
+    #expect(try b.control(0, 0, [0]) == 0)
+    #expect(try deliveredToB([stranger, group, Self.macOf(h, 1)]) == [Self.macOf(h, 1)])
+    #expect(netWait { h.ports[1].dropReasons[.filtered] == 2 })
+    // All-multicast on: the group too.
+    #expect(try b.control(0, 1, [1]) == 0)
+    #expect(try deliveredToB([stranger, group]) == [group])
+    // MAC table: one unicast entry, no multicast entries (all-multicast off again).
+    #expect(try b.control(0, 1, [0]) == 0)
+    #expect(try b.control(1, 0, [1, 0, 0, 0] + stranger + [0, 0, 0, 0]) == 0)
+    #expect(try deliveredToB([stranger, group]) == [stranger])
+    // MAC_ADDR_SET: B's address changes; the old one is filtered.
+    let newMac: [UInt8] = [0x52, 0x54, 0, 0, 0x77, 0x77]
+    #expect(try b.control(1, 1, newMac) == 0)
+    #expect(try deliveredToB([newMac, Self.macOf(h, 1)]) == [newMac])
+    // ANNOUNCE: a front-end negotiating GUEST_ANNOUNCE lets the guest announce itself instead of
+    // sending SEND_RARP; one that sends it anyway has the driver asked too (status bit 2) until it
+    // acknowledges.
+    #expect(try b.driver.frontend.migrationDone(mac: newMac) == .guestAnnounces)
+    try h.ports[1].sendRARP(mac: newMac)
+    #expect(h.ports[1].announceRequested)
+    let status = try b.driver.frontend.getConfig(offset: 6, size: 2)
+    #expect(status == [3, 0])
+    #expect(try b.control(3, 0, []) == 0)
+    #expect(!h.ports[1].announceRequested)
+    #expect(try b.driver.frontend.getConfig(offset: 6, size: 2) == [1, 0])
+    // Refused: MQ without VIRTIO_NET_F_MQ, unknown class, wrong sizes, an oversized MAC table, a
+    // group address as the port's own, a command without room for the acknowledgement.
+    let before = h.ports[1].controlCounters
+    #expect(try b.control(4, 0, [1, 0]) == 1)
+    #expect(try b.control(9, 0, []) == 1)
+    #expect(try b.control(0, 0, [0, 0]) == 1)
+    #expect(try b.control(1, 0, [0xff, 0xff, 0, 0]) == 1)
+    #expect(try b.control(1, 1, group) == 1)
+    #expect(try b.control(0, 0, [1], ackRoom: false) == nil)  // not executed: B stays filtering
+    #expect(h.ports[1].controlCounters.commands == before.commands + 6)
+    #expect(h.ports[1].controlCounters.errors == before.errors + 6)
+    // The port still forwards.
+    #expect(try deliveredToB([newMac]) == [newMac])
+  }
+
+  @Test("control queue MQ: VQ_PAIRS_SET limits the receive queues in use; out-of-range counts are refused")
+  func controlQueueMQ() throws {
+    let h = try NetSwitchHarness(ports: 1, pairs: 2)
+    defer { h.stop() }
+    let port = h.ports[0]
+    #expect(port.queueCount == 5)
+    #expect(port.executeControlCommand([4, 0, 1, 0]) == 1)  // MQ not negotiated yet
+    port.featuresAcknowledged([.version1, NetFeature.ctrlVq, NetFeature.mq])
+    #expect(port.queuePairsInUse == 2)
+    #expect(port.executeControlCommand([4, 0, 1, 0]) == 0)
+    #expect(port.queuePairsInUse == 1)
+    #expect(port.executeControlCommand([4, 0, 3, 0]) == 1)
+    #expect(port.executeControlCommand([4, 0, 0, 0]) == 1)
+    #expect(port.executeControlCommand([4, 0, 2]) == 1)
+    #expect(port.queuePairsInUse == 1)
+    #expect(port.executeControlCommand([4, 0, 2, 0]) == 0)
+    #expect(port.queuePairsInUse == 2)
   }
 }
 

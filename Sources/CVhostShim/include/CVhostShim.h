@@ -77,6 +77,15 @@ int _cvh_tun_set_offload(int fd, unsigned int flags);
 /// TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN.
 unsigned int _cvh_tun_tcp_offloads(void);
 
+/// Prefetches the cache line at `p` for reading (write == 0) or writing (__builtin_prefetch).
+static inline void _cvh_prefetch(const void *p, int write) {
+  if (write) {
+    __builtin_prefetch(p, 1, 3);
+  } else {
+    __builtin_prefetch(p, 0, 3);
+  }
+}
+
 #ifdef __cplusplus
 }
 #endif
