@@ -85,6 +85,7 @@ struct Net: ParsableCommand {
     var taps: [NetTap] = []
     for name in tap {
       let t = try NetTap(name: name, mtu: mtu)
+      if !t.offloads { Self.emit("tap \(name): no TUNSETOFFLOAD: TCP GSO frames for it are cut into segments") }
       sw.add(t)
       taps.append(t)
     }
