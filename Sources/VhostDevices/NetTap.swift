@@ -32,12 +32,13 @@ public final class NetTap: NetPort, @unchecked Sendable {
   /// us TCP GSO frames, and frames for the TAP keep their gso fields.
   public let offloads: Bool
 
-  /// Opens (creating if needed) the TAP device `name` (at most 15 bytes). Needs CAP_NET_ADMIN.
-  public init(name: String, mtu: Int = 1500) throws {
+  /// Opens (creating if needed) the TAP device `name` (at most 15 bytes) and, with `offloads`,
+  /// turns on checksum and TCP segmentation offload. Needs CAP_NET_ADMIN.
+  public init(name: String, mtu: Int = 1500, offloads: Bool = true) throws {
     self.name = name
     self.mtu = mtu
     tap = try TapDevice.open(name: name, headerLength: Int32(Self.headerLength))
-    offloads = (try? TapDevice.enableTCPOffloads(tap.rawValue)) != nil
+    self.offloads = offloads && (try? TapDevice.enableTCPOffloads(tap.rawValue)) != nil
   }
 
   deinit { stop() }
