@@ -228,6 +228,34 @@ struct NetGSOTests {
     #expect(h.ports[1].report().contains("gso frames segmented 1 into segments \(count)"))
   }
 
+  @Test("a VLAN-tagged TSO frame is cut into segments that keep the tag, with headers fixed behind it")
+  func vlan() throws {
+    let (h, a, b) = try Self.pair(receiver: [.version1, NetFeature.mac], size: 2048)
+    defer { h.stop() }
+    let plain = TCPFrame(ipv6: false, payload: pattern(4000, seed: 8), mss: 1444)
+    var frame = Array(plain.frame[0..<12]) + [0x81, 0x00, 0x20, 0x05] + Array(plain.frame[12...])
+    var header = plain.header
+    header.csumStart += 4
+    header.hdrLen += 4
+    // gso_size + headers (4 bytes longer) must still fit the MTU's frame (1518 with the tag).
+    try a.send(frame, header: header)
+    let got = try b.receive(3)
+    #expect(got.count == 3, "\(h.netSwitch.report())")
+    let l3 = 18
+    let l4 = plain.transport + 4
+    var joined: [UInt8] = []
+    for (i, (_, seg)) in got.enumerated() {
+      #expect(Array(seg[0..<18]) == Array(frame[0..<18]), "segment \(i): Ethernet and VLAN headers")
+      #expect(TCPFrame.be16(seg, l3 + 2) == seg.count - l3, "segment \(i): IPv4 total length")
+      #expect(onesComplementSum(seg[l3..<l4]) == 0xffff, "segment \(i): IPv4 header checksum")
+      let pseudo = TCPFrame.pseudoHeader(seg, network: l3, transport: l4, ipv6: false)
+      #expect(onesComplementSum((pseudo + seg[l4...])[...]) == 0xffff, "segment \(i): TCP checksum")
+      joined += seg[(plain.headerLength + 4)...]
+    }
+    frame = Array(frame[(plain.headerLength + 4)...])
+    #expect(joined == frame)
+  }
+
   @Test("ECN: B with GUEST_TSO4 but not GUEST_ECN gets segments, CWR on the first only; with GUEST_ECN the frame whole")
   func ecn() throws {
     var receiver = Self.tsoReceiver
