@@ -5,6 +5,10 @@ import VhostSystem
 /// busy-polls the rings with `--poll`) and calls the device for each active ring. An eventfd wakes
 /// it when the control thread changes a ring (start, stop, enable) or at shutdown.
 final class QueueWorker: @unchecked Sendable {
+  /// Spin-wait hints after a polling turn that found no work (about 1–5 µs on current x86): the
+  /// other side's index and ring lines are read less often while it writes them. Measured with
+  /// `scripts/bench-net.sh` (P1/P2 +15–30 %; BENCHMARKS.md).
+  static let idleRelax = 32
   let queues: [QueueHandle]
   let device: VhostUserDevice
   let poll: Bool
@@ -97,6 +101,7 @@ final class QueueWorker: @unchecked Sendable {
         // Wake-ups (rearm, stop) are seen through their flags; the eventfd is only emptied now and
         // then, not with a read(2) on every idle turn of the loop.
         if !worked {
+          SystemThread.relax(Self.idleRelax)
           idleTurns &+= 1
           if idleTurns & 4095 == 0 { wakeup.drain() }
         }

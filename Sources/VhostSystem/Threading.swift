@@ -91,6 +91,13 @@ public final class Condition: @unchecked Sendable {
 
 /// Detached threads over pthread_create(3) (Foundation's `Thread` without Foundation).
 public enum SystemThread {
+  /// Tells the CPU the caller is spinning (PAUSE / YIELD), `count` times: what a busy-polling loop
+  /// does when a turn found no work.
+  @inlinable
+  public static func relax(_ count: Int = 1) {
+    for _ in 0..<count { _cvh_cpu_relax() }
+  }
+
   private final class Box {
     let name: String
     let body: @Sendable () -> Void

@@ -77,6 +77,16 @@ int _cvh_tun_set_offload(int fd, unsigned int flags);
 /// TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN.
 unsigned int _cvh_tun_tcp_offloads(void);
 
+/// A spin-wait hint (x86 PAUSE, arm64 YIELD): a busy-polling loop that found nothing eases off the
+/// cache lines the other side is writing, and its sibling hyperthread gets the core meanwhile.
+static inline void _cvh_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 /// Prefetches the cache line at `p` for reading (write == 0) or writing (__builtin_prefetch).
 static inline void _cvh_prefetch(const void *p, int write) {
   if (write) {
