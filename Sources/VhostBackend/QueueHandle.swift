@@ -296,14 +296,6 @@ public final class QueueHandle: @unchecked Sendable {
     return true
   }
 
-  /// Whether there is work (polling mode).
-  var hasWork: Bool {
-    lock.lock()
-    defer { lock.unlock() }
-    guard isActive, let ring else { return false }
-    return ring.hasAvailable || hasPendingCompletions || budgetExhausted
-  }
-
   /// The last service call left work behind (budget exhausted).
   var wantsMoreService: Bool { lock.withLock { budgetExhausted && isActive } }
 

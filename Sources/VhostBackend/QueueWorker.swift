@@ -121,7 +121,7 @@ final class QueueWorker: @unchecked Sendable {
         if let q = queues.first(where: { $0.index == Int(t) }) { q.service(device) }
       }
       if anyPolled {
-        for q in queues where q.kickPolled && q.hasWork { q.service(device) }
+        for q in queues where q.kickPolled { _ = q.serviceIfWork(device) }
       }
     }
   }

@@ -206,11 +206,7 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     }
     var h = header
     if header.isGSO {
-      // The sender checked the frame against its own limits; the layout is taken again here.
-      guard
-        case .ok(let layout) = GSOLayout.parse(
-          header, buffer, frame, features: GSOLayout.anySender, maxFrame: Ethernet.maxGSOFrame)
-      else {
+      guard let layout = GSOLayout.forwarded(header, buffer, frame) else {
         queueCounters[0].add(NetCounters(drops: 1))
         reasons.add(.badGSO)
         return .badGSO

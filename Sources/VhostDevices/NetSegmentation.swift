@@ -222,6 +222,14 @@ extension GSOLayout {
   static let anySender: VirtioFeatures = [
     NetFeature.csum, NetFeature.hostTso4, NetFeature.hostTso6, NetFeature.hostEcn,
   ]
+
+  /// The layout of a GSO frame another port forwarded, taken again at the destination (which
+  /// trusts nothing it did not check itself); nil when it is malformed.
+  static func forwarded(_ header: NetHeader, _ buffer: PacketBuffer, _ frame: Range<Int>) -> GSOLayout? {
+    guard case .ok(let layout) = parse(header, buffer, frame, features: anySender, maxFrame: Ethernet.maxGSOFrame)
+    else { return nil }
+    return layout
+  }
 }
 
 /// GSO frames a port's driver could not take whole, and the segments they were cut into.

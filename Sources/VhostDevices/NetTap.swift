@@ -122,10 +122,7 @@ public final class NetTap: NetPort, @unchecked Sendable {
   public func enqueue(header: NetHeader, frame buffer: PacketBuffer, _ frame: Range<Int>) -> NetDropReason? {
     var h = header
     if header.isGSO {
-      guard
-        case .ok(let layout) = GSOLayout.parse(
-          header, buffer, frame, features: GSOLayout.anySender, maxFrame: Ethernet.maxGSOFrame)
-      else {
+      guard let layout = GSOLayout.forwarded(header, buffer, frame) else {
         toTap.add(NetCounters(drops: 1))
         reasons.add(.badGSO)
         return .badGSO

@@ -36,30 +36,9 @@ struct GuestNetGSOTests {
     "a TAP port in a network namespace: 4 MiB each way over TCP with the guest, md5 matching, GSO frames across the TAP",
     arguments: [true, false])
   func tapTCP(guestTSO: Bool) throws {
-    guard let s = GuestNetTests.setup() else { return }
-    guard let ip = Peers.require("ip", package: "iproute2"),
-      let busybox = Peers.require("busybox", package: "busybox-static")
-    else { return }
-    guard getuid() == 0, FileManager.default.fileExists(atPath: "/dev/net/tun") else {
-      let message = "TAP and network namespaces need root and /dev/net/tun"
-      if Peers.required { Issue.record(Comment(rawValue: message)) } else { print("SKIP: \(message)") }
-      return
-    }
-    let tag = "\(getpid() % 100_000)"
-    let tap = "vug\(tag)"
-    let ns = "vhost-gso-test-\(tag)"
-    let socket = s.dir.file("g.sock")
-    let sw = try GuestNetTests.startSwitch(s, ["--socket-path", socket, "--tap", tap], sockets: [socket])
-    let log = s.dir.file("ip.log")
-    #expect(try GuestNetTests.run(ip, ["netns", "add", ns], log: log).0 == 0)
-    defer { _ = try? GuestNetTests.run(ip, ["netns", "del", ns], log: log) }
-    for args in [
-      ["link", "set", tap, "netns", ns], ["-n", ns, "addr", "add", "10.0.1.1/24", "dev", tap],
-      ["-n", ns, "link", "set", tap, "up"], ["-n", ns, "link", "set", "lo", "up"],
-    ] {
-      let (status, out) = try GuestNetTests.run(ip, args, log: log)
-      #expect(status == 0, "ip \(args): \(out)")
-    }
+    guard let s = GuestNetTests.setup(), let t = try GuestNetTests.tapNamespace(s, prefix: "gso") else { return }
+    defer { t.remove() }
+    let (ip, busybox, ns, socket, sw) = (t.ip, t.busybox, t.ns, t.socket, t.sw)
     // 4 MiB for the guest, and where the namespace keeps what the guest sends.
     let toGuest = s.dir.file("to-guest")
     let fromGuest = s.dir.file("from-guest")

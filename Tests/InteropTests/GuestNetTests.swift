@@ -178,33 +178,54 @@ struct GuestNetTests {
     return (p.waitStatus, p.output)
   }
 
-  @Test("a TAP port inside a network namespace the test creates pings the guest (and reaches it over TCP)")
-  func tapInNamespace() throws {
-    guard let s = Self.setup() else { return }
+  /// A `vhost-user net` switch with one socket and a TAP port, the TAP moved into a network
+  /// namespace of its own (10.0.1.1/24, up). Delete the namespace with `remove()`.
+  struct TapNamespace {
+    let ip: String
+    let busybox: String
+    let tap: String
+    let ns: String
+    let socket: String
+    let sw: ManagedProcess
+    let log: String
+
+    func remove() { _ = try? GuestNetTests.run(ip, ["netns", "del", ns], log: log) }
+  }
+
+  /// Sets up a `TapNamespace` (names from `prefix`); nil when a peer or root is missing (recorded
+  /// as a failure when peers are required).
+  static func tapNamespace(_ s: Setup, prefix: String) throws -> TapNamespace? {
     guard let ip = Peers.require("ip", package: "iproute2"),
       let busybox = Peers.require("busybox", package: "busybox-static")
-    else { return }
+    else { return nil }
     guard getuid() == 0, FileManager.default.fileExists(atPath: "/dev/net/tun") else {
       let message = "TAP and network namespaces need root and /dev/net/tun"
       if Peers.required { Issue.record(Comment(rawValue: message)) } else { print("SKIP: \(message)") }
-      return
+      return nil
     }
     let tag = "\(getpid() % 100_000)"
-    let tap = "vut\(tag)"
-    let ns = "vhost-net-test-\(tag)"
+    let tap = "vu\(prefix.prefix(1))\(tag)"
+    let ns = "vhost-\(prefix)-test-\(tag)"
     let socket = s.dir.file("g.sock")
-    let sw = try Self.startSwitch(s, ["--socket-path", socket, "--tap", tap], sockets: [socket])
+    let sw = try startSwitch(s, ["--socket-path", socket, "--tap", tap], sockets: [socket])
     let log = s.dir.file("ip.log")
-    #expect(try Self.run(ip, ["netns", "add", ns], log: log).0 == 0)
-    defer { _ = try? Self.run(ip, ["netns", "del", ns], log: log) }
+    #expect(try run(ip, ["netns", "add", ns], log: log).0 == 0)
     // The switch created the TAP in this namespace; moved, it keeps its file descriptor.
     for args in [
       ["link", "set", tap, "netns", ns], ["-n", ns, "addr", "add", "10.0.1.1/24", "dev", tap],
       ["-n", ns, "link", "set", tap, "up"], ["-n", ns, "link", "set", "lo", "up"],
     ] {
-      let (status, out) = try Self.run(ip, args, log: log)
+      let (status, out) = try run(ip, args, log: log)
       #expect(status == 0, "ip \(args): \(out)")
     }
+    return TapNamespace(ip: ip, busybox: busybox, tap: tap, ns: ns, socket: socket, sw: sw, log: log)
+  }
+
+  @Test("a TAP port inside a network namespace the test creates pings the guest (and reaches it over TCP)")
+  func tapInNamespace() throws {
+    guard let s = Self.setup(), let t = try Self.tapNamespace(s, prefix: "tnet") else { return }
+    defer { t.remove() }
+    let (ip, busybox, ns, socket, sw, tap) = (t.ip, t.busybox, t.ns, t.socket, t.sw, t.tap)
     let initramfs = try GuestVM.buildInitramfs(
       script: """
         ip link set lo up
