@@ -19,7 +19,7 @@ extension BackendSession {
     case .resetOwner: resetDevice()
     case .setMemTable: try setMemTable(p, r.fds)
     case .setLogBase: return try setLogBase(p, r.fds)
-    case .setLogFD: logFD = r.fds.first.map(EventFD.init)
+    case .setLogFD: logFD = try notifier(r.fds.first, .setLogFD)
     case .setVringNum: try setVringNum(p)
     case .setVringAddr: try setVringAddr(p)
     case .setVringBase: try setVringBase(p)
@@ -46,6 +46,7 @@ extension BackendSession {
       try require(.backendReq, m.code)
       guard let fd = r.fds.first else { throw RequestFailure("SET_BACKEND_REQ_FD without a descriptor") }
       backendChannelLock.withLock {
+        backendChannel?.socket.shutdown()
         backendChannel = MessageChannel(socket: UnixSocket(fd), timeoutMilliseconds: configuration.timeoutMilliseconds)
       }
     case .getConfig: return try getConfig(p)
@@ -301,10 +302,16 @@ extension BackendSession {
     let v = p.u64Value ?? 0
     let q = try queue(UInt32(v & Limits.vringIndexMask), .setVringKick)
     let polled = v & Limits.vringNoFDMask != 0
+    let kick = polled ? nil : try notifier(fds.first, .setVringKick)
     try q.lock.withLock {
+      if let kick {
+        for (other, name) in [(q.call, "call"), (q.err, "error")] where other.map({ kick.fd.isSameFile(as: $0.fd) }) == true {
+          throw RequestFailure("SET_VRING_KICK: ring \(q.index)'s kick descriptor is its \(name) descriptor")
+        }
+      }
       // A new kick fd for a running ring keeps its position (it does not restart from the base).
       if q.started, let ring = q.ring { q.baseNum = ring.base.num(packed: packed) }
-      q.kick = polled ? nil : fds.first.map(EventFD.init)
+      q.kick = kick
       q.kickPolled = polled
       // The ring starts now (not on the first kick).
       try start(q)
@@ -335,26 +342,42 @@ extension BackendSession {
     q.ring?.setKicksWanted(!configuration.poll && !q.kickPolled)
   }
 
-  /// Connects a started split ring to its inflight area; on the first start after a restart the
-  /// requests recorded as in flight are queued for resubmission.
+  /// Connects a started ring to its inflight area; on the first start after a restart the
+  /// requests recorded as in flight are queued for resubmission. The area is the front-end's
+  /// memory: one that does not describe the ring is reset (and said so), never followed.
   func attachInflight(_ q: QueueHandle) {
-    if let packedRing = q.ring as? PackedDeviceRing, let region = inflight,
-      let tracker = q.packedTracker ?? region.packedQueue(q.index)
-    {
+    guard let region = inflight else { return }
+    if let packedRing = q.ring as? PackedDeviceRing {
+      guard let tracker = q.packedTracker ?? region.packedQueue(q.index, ringSize: q.size) else {
+        log.warning("ring \(q.index): the inflight area has no room for \(q.size) descriptors; not tracked")
+        return
+      }
       q.packedTracker = tracker
       if tracker.isInitialized {
         if !q.inflightAttached {
-          let pending = tracker.recover()
-          var slots = 0
-          for p in pending {
-            if let chain = try? packedRing.rebuild(p.descriptors, head: p.head) {
-              q.resubmitChains.append(chain)
-              tracker.adopt(head: p.head, id: chain.head)
+          let position = packedRing.usedPosition
+          switch tracker.recover(features: ackedFeatures.rawValue, usedIndex: position.index, usedWrap: position.wrap) {
+          case .reset(let reason):
+            log.warning("ring \(q.index): inflight area reset, nothing resubmitted: \(reason)")
+          case .pending(let pending):
+            var slots = 0
+            var chains: [DescriptorChain] = []
+            for p in pending {
+              if let chain = try? packedRing.rebuild(p.descriptors, head: p.head) {
+                chains.append(chain)
+                tracker.adopt(head: p.head, id: chain.head)
+              }
+              slots += p.descriptors.count
             }
-            slots += p.descriptors.count
+            let used = tracker.recordedUsed
+            do {
+              try packedRing.resume(usedIndex: used.index, usedWrap: used.wrap, afterResubmitting: slots)
+              q.resubmitChains = chains
+              if !chains.isEmpty { log.info("ring \(q.index): resubmitting \(chains.count) requests left in flight") }
+            } catch {
+              log.warning("ring \(q.index): inflight area not replayed: \(error)")
+            }
           }
-          let used = tracker.recordedUsed
-          packedRing.resume(usedIndex: used.index, usedWrap: used.wrap, afterResubmitting: slots)
         }
       } else {
         let used = packedRing.usedPosition
@@ -365,13 +388,21 @@ extension BackendSession {
       packedRing.inflight = tracker
       return
     }
-    guard let split = q.ring as? SplitDeviceRing, let region = inflight, let tracker = region.queue(q.index) else {
+    guard let split = q.ring as? SplitDeviceRing else { return }
+    guard let tracker = region.queue(q.index, ringSize: q.size) else {
+      log.warning("ring \(q.index): the inflight area has no room for \(q.size) descriptors; not tracked")
       return
     }
     if tracker.isInitialized {
       if !q.inflightAttached {
-        q.resubmit = tracker.recover(usedIndex: split.usedIndex)
-        split.resume(afterResubmitting: q.resubmit.count)
+        switch tracker.recover(usedIndex: split.usedIndex, features: ackedFeatures.rawValue) {
+        case .reset(let reason):
+          log.warning("ring \(q.index): inflight area reset, nothing resubmitted: \(reason)")
+        case .pending(let heads):
+          q.resubmit = heads
+          split.resume(afterResubmitting: heads.count)
+          if !heads.isEmpty { log.info("ring \(q.index): resubmitting \(heads.count) requests left in flight") }
+        }
       }
     } else {
       tracker.initialize(features: ackedFeatures.rawValue, descNum: q.size, usedIndex: split.usedIndex)
@@ -385,8 +416,25 @@ extension BackendSession {
   {
     let v = p.u64Value ?? 0
     let q = try queue(UInt32(v & Limits.vringIndexMask), code)
-    let fd = v & Limits.vringNoFDMask != 0 ? nil : fds.first.map(EventFD.init)
-    q.lock.withLock { assign(q, fd) }
+    let fd = v & Limits.vringNoFDMask != 0 ? nil : try notifier(fds.first, code)
+    try q.lock.withLock {
+      if let fd, let kick = q.kick, fd.fd.isSameFile(as: kick.fd) {
+        // The worker would wake itself with every signal it sends.
+        throw RequestFailure("\(code.name): ring \(q.index)'s descriptor is its kick descriptor")
+      }
+      assign(q, fd)
+    }
+  }
+
+  /// A kick, call or error descriptor from the front-end, made non-blocking: a pipe nobody reads
+  /// can then never block a worker (a full one reads as "already signalled").
+  func notifier(_ fd: OwnedFD?, _ code: FrontendRequest) throws -> EventFD? {
+    guard let fd else { return nil }
+    do {
+      return try EventFD(peer: fd)
+    } catch {
+      throw RequestFailure("\(code.name): unusable descriptor: \(error)")
+    }
   }
 
   func setVringEnable(_ p: Payload) throws {
@@ -463,14 +511,25 @@ extension BackendSession {
     guard case .deviceStateTransfer(let t) = p, let fd = fds.first else { throw RequestFailure("bad payload") }
     guard t.phase == 0, t.direction <= 1 else { throw RequestFailure("unsupported transfer direction/phase") }
     guard queues.allSatisfy({ !$0.started }) else { throw RequestFailure("device state transfer while rings run") }
+    // One transfer at a time per session, each with a deadline: a front-end cannot pile up
+    // threads blocked on pipes it never serves.
+    let busy = stateTransferDone.withLock { !stateTransferFinished }
+    guard !busy else { throw RequestFailure("a device state transfer is already in progress") }
+    do {
+      try fd.setNonBlocking()
+    } catch {
+      throw RequestFailure("SET_DEVICE_STATE_FD: unusable descriptor: \(error)")
+    }
     let device = self.device
     let save = t.direction == 0
     let state = save ? device.saveState() : []
+    let deadline = Deadline.after(milliseconds: configuration.timeoutMilliseconds)
     stateTransferDone.withLock { stateTransferFinished = false }
     // The thread holds the session weakly: a transfer never keeps a closed session alive.
     do {
       try SystemThread.start(name: "vhost-state") { [weak self] in
-        let result: UInt64 = save ? Self.writeAll(fd, state) : Self.readAllAndLoad(fd, device)
+        let result: UInt64 =
+          save ? Self.writeAll(fd, state, deadline: deadline) : Self.readAllAndLoad(fd, device, deadline: deadline)
         guard let self else { return }
         stateTransferDone.withLock {
           stateTransferResult = result
@@ -479,33 +538,45 @@ extension BackendSession {
         }
       }
     } catch {
+      stateTransferDone.withLock { stateTransferFinished = true }
       throw RequestFailure("no thread for the state transfer: \(error)")
     }
     // Bit 8: we do not supply an fd of our own.
     return Reply(payload: .u64(0x100))
   }
 
-  static func writeAll(_ fd: OwnedFD, _ bytes: [UInt8]) -> UInt64 {
+  /// Writes the saved state to the (non-blocking) pipe before `deadline`; 0 on success.
+  static func writeAll(_ fd: OwnedFD, _ bytes: [UInt8], deadline: Deadline) -> UInt64 {
     var sent = 0
     while sent < bytes.count {
       let n = bytes.withUnsafeBytes { write(fd.rawValue, $0.baseAddress! + sent, $0.count - sent) }
+      if n > 0 {
+        sent += n
+        continue
+      }
       if n < 0 && errno == EINTR { continue }
-      if n <= 0 { return 1 }
-      sent += n
+      guard n < 0, errno == EAGAIN || errno == EWOULDBLOCK, !deadline.hasPassed else { return 1 }
+      _ = fd.waitWritable(timeoutMilliseconds: max(deadline.remainingMilliseconds, 1))
     }
     return 0
   }
 
-  static func readAllAndLoad(_ fd: OwnedFD, _ device: VhostUserDevice) -> UInt64 {
+  /// Reads the state from the (non-blocking) pipe until end of file, before `deadline`, and loads
+  /// it (at most 64 MiB); 0 on success.
+  static func readAllAndLoad(_ fd: OwnedFD, _ device: VhostUserDevice, deadline: Deadline) -> UInt64 {
     var data: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: 65536)
     while true {
       let n = buf.withUnsafeMutableBytes { read(fd.rawValue, $0.baseAddress!, $0.count) }
-      if n < 0 && errno == EINTR { continue }
-      if n < 0 { return 1 }
+      if n > 0 {
+        data += buf[0..<n]
+        if data.count > 64 << 20 { return 1 }
+        continue
+      }
       if n == 0 { break }
-      data += buf[0..<n]
-      if data.count > 64 << 20 { return 1 }
+      if errno == EINTR { continue }
+      guard errno == EAGAIN || errno == EWOULDBLOCK, !deadline.hasPassed else { return 1 }
+      _ = fd.waitReadable(timeoutMilliseconds: max(deadline.remainingMilliseconds, 1))
     }
     return (try? device.loadState(data)) == nil ? 1 : 0
   }
@@ -527,28 +598,92 @@ extension BackendSession {
     status = 0
   }
 
-  /// Sends BACKEND_VRING_CALL / BACKEND_VRING_ERR on the back-end channel (INBAND_NOTIFICATIONS).
+  /// Sends BACKEND_VRING_CALL / BACKEND_VRING_ERR on the back-end channel (INBAND_NOTIFICATIONS),
+  /// from a worker: the send may wait `inbandSendMilliseconds` for room and never for a reply; a
+  /// front-end that does not read its channel loses it (it is shut down) rather than stalling the
+  /// ring.
   func sendInband(_ code: BackendRequest, queue: Int) {
     guard ackedProtocol.contains(.inbandNotifications) else { return }
     backendChannelLock.withLock {
       guard let backendChannel else { return }
-      try? backendChannel.send(
-        Message(code, payload: .vringState(VringState(index: UInt32(queue), num: 0))))
+      do {
+        try backendChannel.send(
+          Message(code, payload: .vringState(VringState(index: UInt32(truncatingIfNeeded: queue), num: 0))),
+          timeoutMilliseconds: Self.inbandSendMilliseconds)
+      } catch {
+        log.warning("back-end channel: \(code.name) for ring \(queue) not sent (\(error)); channel closed")
+        backendChannel.socket.shutdown()
+        self.backendChannel = nil
+      }
     }
   }
 
-  /// Sends BACKEND_CONFIG_CHANGE_MSG; with REPLY_ACK waits for the front-end's answer.
+  /// How long an in-band notification may wait for room on the back-end channel.
+  static let inbandSendMilliseconds = 100
+
+  /// Sends BACKEND_CONFIG_CHANGE_MSG; with REPLY_ACK waits (up to the configured timeout) for the
+  /// front-end's answer. Sends are serialised with the channel lock, which is not held while the
+  /// reply is awaited; at most one caller waits for replies (`postConfigChange` uses one sender).
   public func notifyConfigChange() throws {
-    try backendChannelLock.withLock {
+    let (channel, ack): (MessageChannel, Bool) = try backendChannelLock.withLock {
       guard let backendChannel, ackedProtocol.contains(.config) else {
         throw RequestFailure("no back-end channel or CONFIG not negotiated")
       }
       let ack = ackedProtocol.contains(.replyAck)
       try backendChannel.send(Message(BackendRequest.configChange, flags: ack ? [.version1, .needReply] : .version1))
-      if ack {
-        let reply = try backendChannel.receiveReply(to: BackendRequest.configChange)
-        guard reply.message.payload.u64Value == 0 else { throw RequestFailure("front-end refused CONFIG_CHANGE") }
+      return (backendChannel, ack)
+    }
+    if ack {
+      let reply = try channel.receiveReply(to: BackendRequest.configChange)
+      guard reply.message.payload.u64Value == 0 else { throw RequestFailure("front-end refused CONFIG_CHANGE") }
+    }
+  }
+
+  /// Asks for a BACKEND_CONFIG_CHANGE_MSG to be sent soon, from any thread, without waiting.
+  /// Requests coalesce: one sender thread per session at most, and any number of requests made
+  /// while it sends become one more message — a flood (SEND_RARP, say) costs neither threads nor
+  /// memory.
+  public func postConfigChange() {
+    let start: Bool = backendRequests.withLock {
+      $0.configChangePending = true
+      if $0.senderRunning { return false }
+      $0.senderRunning = true
+      return true
+    }
+    guard start else { return }
+    do {
+      try SystemThread.start(name: "vhost-backend-req") { [weak self] in self?.sendPostedRequests() }
+    } catch {
+      backendRequests.withLock { $0.senderRunning = false }
+      log.warning("back-end channel: no thread to send CONFIG_CHANGE: \(error)")
+    }
+  }
+
+  /// The sender thread: sends until nothing is pending.
+  func sendPostedRequests() {
+    while true {
+      let go: Bool = backendRequests.withLock {
+        if $0.configChangePending {
+          $0.configChangePending = false
+          return true
+        }
+        $0.senderRunning = false
+        return false
       }
+      guard go else { return }
+      do {
+        try notifyConfigChange()
+      } catch {
+        log.info("back-end channel: CONFIG_CHANGE: \(error)")
+      }
+    }
+  }
+
+  /// Closes the back-end channel; a sender waiting on it returns at once.
+  func closeBackendChannel() {
+    backendChannelLock.withLock {
+      backendChannel?.socket.shutdown()
+      backendChannel = nil
     }
   }
 
@@ -565,7 +700,7 @@ extension BackendSession {
     memory = GuestMemory()
     duplicateRegions = [:]
     dirtyLog = nil
-    backendChannelLock.withLock { backendChannel = nil }
+    closeBackendChannel()
     _ = waitStateTransfer()
   }
 }

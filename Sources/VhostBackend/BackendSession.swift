@@ -15,6 +15,12 @@ struct RequestFailure: Error, CustomStringConvertible {
   }
 }
 
+/// What `postConfigChange` has asked the sender thread to send.
+struct PostedBackendRequests {
+  var configChangePending = false
+  var senderRunning = false
+}
+
 /// Settings of the back-end framework.
 public struct BackendConfiguration: Sendable {
   /// Busy-poll the rings instead of waiting for kicks.
@@ -63,12 +69,20 @@ public final class BackendSession: @unchecked Sendable {
   var inflight: InflightRegion?
   var status: UInt8 = 0
   var backendChannel: MessageChannel?
+  /// Serialises sends on the back-end channel (never held while a reply is awaited).
   let backendChannelLock = Lock()
+  /// Back-end requests posted for the sender thread (`postConfigChange`).
+  let backendRequests = Locked(PostedBackendRequests())
   var stateTransferResult: UInt64 = 0
   let stateTransferDone = Condition()
   var stateTransferFinished = true
-  /// Requests refused, for tests and diagnostics.
-  public private(set) var refusals: [String] = []
+  /// How many requests were refused on this connection.
+  public private(set) var refusalCount = 0
+  /// The most recent refusals (at most `recentRefusalLimit`), oldest first: a front-end that
+  /// sends refused requests forever cannot grow the session.
+  public private(set) var recentRefusals: [String] = []
+  /// How many refusals `recentRefusals` keeps.
+  public static let recentRefusalLimit = 16
 
   public init(device: VhostUserDevice, socket: UnixSocket, configuration: BackendConfiguration) {
     ignoreSIGPIPE()
@@ -152,7 +166,9 @@ public final class BackendSession: @unchecked Sendable {
   }
 
   func fail(_ code: FrontendRequest, needReply: Bool, _ failure: RequestFailure) -> Bool {
-    refusals.append("\(code.name): \(failure.description)")
+    refusalCount &+= 1
+    if recentRefusals.count >= Self.recentRefusalLimit { recentRefusals.removeFirst() }
+    recentRefusals.append("\(code.name): \(failure.description)")
     log.warning("refused \(code.name): \(failure.description)")
     if failure.fatal { return false }
     if code.replyLayout != nil {

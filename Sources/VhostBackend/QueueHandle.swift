@@ -256,7 +256,13 @@ public final class QueueHandle: @unchecked Sendable {
 
   func notify() {
     if let call {
-      try? call.signal()
+      do {
+        try call.signal()
+      } catch {
+        // Not an eventfd, and not one that is merely full (EAGAIN): it will never work.
+        self.call = nil
+        stopBroken("call descriptor failed (\(error))")
+      }
     } else {
       session?.sendInband(.vringCall, queue: index)
     }
@@ -264,9 +270,44 @@ public final class QueueHandle: @unchecked Sendable {
 
   func signalError() {
     if let err {
-      try? err.signal()
+      do {
+        try err.signal()
+      } catch {
+        self.err = nil
+        session?.log.warning("ring \(index): error descriptor failed (\(error)); dropped")
+      }
     } else {
       session?.sendInband(.vringErr, queue: index)
+    }
+  }
+
+  /// Stops the ring because a notification descriptor the front-end gave is unusable (caller holds
+  /// `lock`): it keeps its position for GET_VRING_BASE, VRING_ERR tells the front-end, and the
+  /// worker no longer waits on it.
+  func stopBroken(_ reason: String) {
+    guard started else { return }
+    session?.log.warning("ring \(index) stopped: \(reason)")
+    if let ring { baseNum = ring.base.num(packed: ring.configuration.packed) }
+    started = false
+    ring = nil
+    kick = nil
+    kickPolled = false
+    generation &+= 1
+    dropBurstStorage()
+    signalError()
+    worker?.wake()
+  }
+
+  /// The kick descriptor was readable: drains it; at end of file or in error the ring stops
+  /// (worker thread). Returns whether the ring should be serviced.
+  func kickArrived(_ kick: EventFD) -> Bool {
+    switch kick.drainResult() {
+    case .signalled, .empty: return true
+    case .failed:
+      lock.withLock {
+        if self.kick?.fd === kick.fd { stopBroken("kick descriptor at end of file or in error") }
+      }
+      return false
     }
   }
 

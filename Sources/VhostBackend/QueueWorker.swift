@@ -116,9 +116,14 @@ final class QueueWorker: @unchecked Sendable {
           for q in queues where q.hasPendingCompletions { q.service(device) }
           continue
         }
-        guard let kick = armed[Int(t)] else { continue }
-        kick.drain()
-        if let q = queues.first(where: { $0.index == Int(t) }) { q.service(device) }
+        guard let kick = armed[Int(t)], let q = queues.first(where: { $0.index == Int(t) }) else { continue }
+        if q.kickArrived(kick) {
+          q.service(device)
+        } else {
+          // Dead descriptor: no longer watched (the ring was stopped; a rearm follows).
+          epoll.remove(kick.fd)
+          armed[Int(t)] = nil
+        }
       }
       if anyPolled {
         for q in queues where q.kickPolled { _ = q.serviceIfWork(device) }

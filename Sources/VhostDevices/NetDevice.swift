@@ -138,11 +138,10 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     let f = acked
     if f.contains(NetFeature.guestAnnounce) && f.contains(NetFeature.ctrlVq) {
       announcing.store(true, ordering: .relaxed)
-      // The driver reads the status on a configuration-change interrupt. Sent from a thread of
-      // its own: the front-end may answer it only after this request's reply.
-      if let s = sessionLock.withLock({ session }) {
-        try? SystemThread.start(name: "vhost-net-announce") { try? s.notifyConfigChange() }
-      }
+      // The driver reads the status on a configuration-change interrupt. Posted, not sent here:
+      // the front-end may answer it only after this request's reply (and a flood of SEND_RARP
+      // coalesces into one message).
+      sessionLock.withLock { session }?.postConfigChange()
     }
   }
 

@@ -98,6 +98,9 @@ struct GSOLayout: Equatable {
     let headerLength = transport + tcpHeaderLength
     let segmentSize = Int(header.gsoSize)
     guard headerLength + segmentSize <= max(maxFrame, Ethernet.maxFrame(mtu: 68)) else { return .refused(.badGSO) }
+    // Each segment's IP length field (IPv4 total length, IPv6 payload length) is 16 bits: a
+    // segment size the header cannot describe is refused whatever the MTU allows.
+    guard headerLength - network + segmentSize <= Int(UInt16.max) else { return .refused(.badGSO) }
     let segments = (length - headerLength + segmentSize - 1) / segmentSize
     guard segments <= maxSegments else { return .refused(.badGSO) }
     guard header.flags & NetHeader.needsCsum != 0, Int(header.csumStart) == transport, header.csumOffset == 16 else {

@@ -17,11 +17,48 @@ public struct EventFD: Sendable {
   /// Wraps a received descriptor.
   public init(_ fd: OwnedFD) { self.fd = fd }
 
-  /// Adds 1 to the counter (write(2) of 8 bytes).
+  /// Wraps a descriptor a peer sent and makes it non-blocking, so that neither a signal nor a
+  /// drain can ever block the thread doing it (the peer may send a pipe nobody reads).
+  public init(peer fd: OwnedFD) throws(SystemError) {
+    try fd.setNonBlocking()
+    self.fd = fd
+  }
+
+  /// Adds 1 to the counter (write(2) of 8 bytes). EAGAIN is success: the counter (or the pipe a
+  /// peer passed off as an eventfd) is already full, so the other side has something to read.
   public func signal() throws(SystemError) {
     var one: UInt64 = 1
-    let n = try syscall("write(eventfd)") { write(fd.rawValue, &one, 8) }
-    guard n == 8 else { throw SystemError("write(eventfd)", errno: EIO) }
+    while true {
+      let n = write(fd.rawValue, &one, 8)
+      if n == 8 { return }
+      if n < 0 && errno == EINTR { continue }
+      if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return }
+      throw SystemError("write(eventfd)", errno: n < 0 ? errno : EIO)
+    }
+  }
+
+  /// What a non-blocking read found.
+  public enum DrainResult: Sendable, Equatable {
+    /// The counter's value (now reset).
+    case signalled(UInt64)
+    /// Nothing was pending.
+    case empty
+    /// End of file or an error: the descriptor will never signal again (a pipe whose writer is
+    /// gone, a socket, a file); waiting on it would spin.
+    case failed
+  }
+
+  /// Reads and resets the counter, telling an empty counter from a dead descriptor.
+  public func drainResult() -> DrainResult {
+    var value: UInt64 = 0
+    while true {
+      let n = read(fd.rawValue, &value, 8)
+      if n == 8 { return .signalled(value) }
+      if n > 0 { return .signalled(1) }  // a pipe's partial write: still a notification
+      if n < 0 && errno == EINTR { continue }
+      if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return .empty }
+      return .failed
+    }
   }
 
   /// Reads and resets the counter; returns 0 when nothing was pending (non-blocking fds).

@@ -1,3 +1,5 @@
+import CVhostShim
+
 #if canImport(Glibc)
   import Glibc
 #endif
@@ -33,6 +35,47 @@ public final class OwnedFD: @unchecked Sendable, CustomStringConvertible {
   }
 
   public var description: String { "fd \(rawValue)" }
+
+  /// Sets O_NONBLOCK (fcntl(2) F_SETFL): a peer's descriptor can then never block a thread.
+  public func setNonBlocking() throws(SystemError) {
+    _ = try syscall("fcntl(F_SETFL, O_NONBLOCK)") { _cvh_set_nonblocking(rawValue) }
+  }
+
+  /// Whether `other` is the same open file description (kcmp(2) KCMP_FILE; two descriptors a peer
+  /// sent for the same eventfd). Falls back to comparing st_dev/st_ino when kcmp is unavailable,
+  /// which is exact for everything but anonymous inodes.
+  public func isSameFile(as other: OwnedFD) -> Bool {
+    if rawValue == other.rawValue { return true }
+    let r = _cvh_same_file(rawValue, other.rawValue)
+    if r >= 0 { return r == 1 }
+    var a = stat()
+    var b = stat()
+    guard fstat(rawValue, &a) == 0, fstat(other.rawValue, &b) == 0 else { return false }
+    return a.st_dev == b.st_dev && a.st_ino == b.st_ino
+  }
+
+  /// Waits until the descriptor is writable (or in error), up to `timeoutMilliseconds` — poll(2).
+  /// Returns false on timeout.
+  public func waitWritable(timeoutMilliseconds: Int32) -> Bool {
+    while true {
+      var p = pollfd(fd: rawValue, events: Int16(POLLOUT), revents: 0)
+      let r = poll(&p, 1, timeoutMilliseconds)
+      if r > 0 { return true }
+      if r == 0 { return false }
+      if errno != EINTR { return true }
+    }
+  }
+
+  /// Waits until the descriptor is readable (or at end of file / in error), up to
+  /// `timeoutMilliseconds` (-1: forever) — poll(2). Returns false on timeout.
+  public func waitReadable(timeoutMilliseconds: Int32) -> Bool {
+    while true {
+      let r = _cvh_poll_readable(rawValue, timeoutMilliseconds)
+      if r > 0 { return true }
+      if r == 0 { return false }
+      if errno != EINTR { return true }  // let the read report the error
+    }
+  }
 
   /// Number of descriptors this process has open (reads /proc/self/fd); for leak checks.
   public static func openCount() -> Int {

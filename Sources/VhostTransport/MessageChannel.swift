@@ -50,10 +50,15 @@ public final class MessageChannel: Sendable {
     self.timeoutMilliseconds = timeoutMilliseconds
   }
 
-  /// Sends `message` with `fds` attached.
-  public func send<Code>(_ message: Message<Code>, fds: [OwnedFD] = []) throws(ChannelError) {
+  /// Sends `message` with `fds` attached, waiting for room up to `timeoutMilliseconds` (nil: the
+  /// channel's timeout).
+  public func send<Code>(_ message: Message<Code>, fds: [OwnedFD] = [], timeoutMilliseconds: Int? = nil)
+    throws(ChannelError)
+  {
     do {
-      try socket.send(message.encoded(), fds: fds.map(\.rawValue), timeoutMilliseconds: Int32(timeoutMilliseconds))
+      try socket.send(
+        message.encoded(), fds: fds.map(\.rawValue),
+        timeoutMilliseconds: Int32(clamping: timeoutMilliseconds ?? self.timeoutMilliseconds))
     } catch {
       throw .transport(error)
     }
@@ -63,7 +68,7 @@ public final class MessageChannel: Sendable {
   /// Sends raw bytes (tests and the tracer use this to forward or forge messages).
   public func sendRaw(_ bytes: [UInt8], fds: [OwnedFD] = []) throws(ChannelError) {
     do {
-      try socket.send(bytes, fds: fds.map(\.rawValue), timeoutMilliseconds: Int32(timeoutMilliseconds))
+      try socket.send(bytes, fds: fds.map(\.rawValue), timeoutMilliseconds: Int32(clamping: timeoutMilliseconds))
     } catch {
       throw .transport(error)
     }
@@ -75,10 +80,18 @@ public final class MessageChannel: Sendable {
   /// -1: forever); the rest of the message must follow within the channel's timeout.
   public func receiveRaw(waitMilliseconds: Int? = nil) throws(ChannelError) -> RawMessage {
     do {
+      // The wait for a message to begin may be unbounded; once its first byte is there, the rest
+      // of the header and the body share one deadline (a peer that stops mid-header cannot hold
+      // the thread any longer than one that stops mid-body).
       let first = waitMilliseconds ?? timeoutMilliseconds
-      let headerDeadline = first < 0 ? Deadline.never : Deadline.after(milliseconds: first)
+      if first != timeoutMilliseconds {
+        guard socket.fd.waitReadable(timeoutMilliseconds: first < 0 ? -1 : Int32(clamping: first)) else {
+          throw ChannelError.transport(.timeout("message header"))
+        }
+      }
+      let messageDeadline = Deadline.after(milliseconds: timeoutMilliseconds)
       let (headerBytes, headerFDs) = try socket.receive(
-        count: MessageHeader.size, deadline: headerDeadline, what: "message header")
+        count: MessageHeader.size, deadline: messageDeadline, what: "message header")
       let header: MessageHeader
       do {
         header = try MessageHeader.decode(headerBytes)
@@ -88,8 +101,7 @@ public final class MessageChannel: Sendable {
       var fds = headerFDs
       var body: [UInt8] = []
       if header.size > 0 {
-        let (b, more) = try socket.receive(
-          count: Int(header.size), deadline: .after(milliseconds: timeoutMilliseconds), what: "message body")
+        let (b, more) = try socket.receive(count: Int(header.size), deadline: messageDeadline, what: "message body")
         body = b
         fds += more
       }

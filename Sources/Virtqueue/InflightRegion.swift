@@ -29,12 +29,13 @@ public final class InflightRegion: @unchecked Sendable {
     self.queueSize = queueSize
   }
 
-  /// Adopts an area from SET_INFLIGHT_FD.
+  /// Adopts an area from SET_INFLIGHT_FD (its counts are the front-end's: the product is checked).
   public init(memory: SharedMemory, queueCount: Int, queueSize: Int) throws(MemoryAccessError) {
-    guard Self.queueRegionSize(queueSize: queueSize) * queueCount <= memory.size else {
+    let (needed, overflow) = Self.queueRegionSize(queueSize: max(queueSize, 0)).multipliedReportingOverflow(
+      by: max(queueCount, 0))
+    guard !overflow, queueCount > 0, queueSize > 0, needed <= memory.size else {
       throw MemoryAccessError(
-        offset: 0, length: UInt64(Self.queueRegionSize(queueSize: queueSize) * queueCount),
-        size: UInt64(memory.size))
+        offset: 0, length: overflow ? UInt64.max : UInt64(needed), size: UInt64(memory.size))
     }
     self.memory = memory
     self.queueCount = queueCount
@@ -43,20 +44,32 @@ public final class InflightRegion: @unchecked Sendable {
 
   func base(_ queue: Int) -> UInt64 { UInt64(queue * Self.queueRegionSize(queueSize: queueSize)) }
 
-  /// The packed-layout tracker for one queue.
-  public func packedQueue(_ index: Int) -> InflightPackedQueue? {
-    guard index >= 0, index < queueCount else { return nil }
-    return InflightPackedQueue(memory: memory, base: base(index), size: queueSize)
+  /// The packed-layout tracker for queue `index` of `ringSize` descriptors; nil when the area has
+  /// no room for that queue or that many descriptors.
+  public func packedQueue(_ index: Int, ringSize: UInt16) -> InflightPackedQueue? {
+    guard index >= 0, index < queueCount, ringSize > 0, Int(ringSize) <= queueSize else { return nil }
+    return InflightPackedQueue(memory: memory, base: base(index), size: Int(ringSize))
   }
 
-  /// The tracker for one queue.
-  public func queue(_ index: Int) -> InflightQueue? {
-    guard index >= 0, index < queueCount else { return nil }
-    return InflightQueue(memory: memory, base: base(index), size: queueSize)
+  /// The split-layout tracker for queue `index` of `ringSize` descriptors; nil when the area has
+  /// no room for that queue or that many descriptors.
+  public func queue(_ index: Int, ringSize: UInt16) -> InflightQueue? {
+    guard index >= 0, index < queueCount, ringSize > 0, Int(ringSize) <= queueSize else { return nil }
+    return InflightQueue(memory: memory, base: base(index), size: Int(ringSize))
   }
 }
 
-/// Inflight tracking of one split queue.
+/// What an inflight area left by a previous back-end holds for one queue. Every field of the area
+/// is the front-end's (and a crashed back-end's) memory: it is validated against the ring before
+/// anything is replayed, and an area that does not describe the ring is reset, not followed.
+public enum InflightRecovery<Pending: Sendable>: Sendable {
+  /// The requests to resubmit, oldest first.
+  case pending(Pending)
+  /// The area did not describe this ring (the reason); it was reset and nothing is resubmitted.
+  case reset(String)
+}
+
+/// Inflight tracking of one split queue (`size` is the ring's).
 public final class InflightQueue: @unchecked Sendable {
   let memory: SharedMemory
   let base: UInt64
@@ -86,31 +99,44 @@ public final class InflightQueue: @unchecked Sendable {
 
   /// Requests in flight when the previous back-end stopped, oldest first. `usedIndex` is the used
   /// ring's index now: if the previous back-end published a completion but died before clearing
-  /// its inflight bit, that one request is cleared here (last_batch_head).
-  public func recover(usedIndex: UInt16) -> [UInt16] {
+  /// its inflight bit, that one request is cleared here (last_batch_head). An area whose
+  /// descriptor count is not the ring's, or whose inflight bytes are neither 0 nor 1, is reset
+  /// (`features` are written into the fresh header).
+  public func recover(usedIndex: UInt16, features: UInt64) -> InflightRecovery<[UInt16]> {
+    func reset(_ reason: String) -> InflightRecovery<[UInt16]> {
+      initialize(features: features, descNum: UInt16(truncatingIfNeeded: size), usedIndex: usedIndex)
+      return .reset(reason)
+    }
+    let descNum = (try? memory.load(UInt16.self, at: base + 10)) ?? 0
+    guard Int(descNum) == size else { return reset("it describes \(descNum) descriptors, the ring has \(size)") }
     let recorded = (try? memory.load(UInt16.self, at: base + 14)) ?? usedIndex
     if recorded != usedIndex {
-      if let last = try? memory.load(UInt16.self, at: base + 12), Int(last) < size {
-        try? memory.store(UInt8(0), at: desc(last))
-      }
+      let last = (try? memory.load(UInt16.self, at: base + 12)) ?? 0
+      guard Int(last) < size else { return reset("last_batch_head \(last) is beyond the ring") }
+      try? memory.store(UInt8(0), at: desc(last))
       try? memory.store(usedIndex, at: base + 14)
     }
     var pending: [(UInt64, UInt16)] = []
     for i in 0..<size {
-      let at = desc(UInt16(i))
-      if (try? memory.load(UInt8.self, at: at)) == 1 {
+      let head = UInt16(truncatingIfNeeded: i)
+      let at = desc(head)
+      switch (try? memory.load(UInt8.self, at: at)) ?? 0 {
+      case 0: continue
+      case 1:
         let c = (try? memory.load(UInt64.self, at: at + 8)) ?? 0
-        pending.append((c, UInt16(i)))
+        pending.append((c, head))
         counter = max(counter, c)
+      case let v: return reset("descriptor \(i) has inflight byte \(v)")
       }
     }
-    return pending.sorted { $0.0 < $1.0 }.map(\.1)
+    return .pending(pending.sorted { $0.0 < $1.0 }.map(\.1))
   }
 
-  /// A chain was fetched.
+  /// A chain was fetched. The counter continues from the area's largest, so it wraps by intent
+  /// (a front-end may leave UInt64.max there); order is then lost for that one replay, nothing else.
   public func fetched(head: UInt16) {
     guard Int(head) < size else { return }
-    counter += 1
+    counter &+= 1
     try? memory.store(counter, at: desc(head) + 8)
     try? memory.store(UInt8(1), at: desc(head))
   }
@@ -176,12 +202,12 @@ public final class InflightPackedQueue: @unchecked Sendable {
 
   /// A chain was fetched from ring slot `head` with these descriptors.
   func fetched(head: UInt16, id: UInt16, descriptors: [SavedDescriptor]) {
-    guard Int(head) < size, !descriptors.isEmpty else { return }
-    counter += 1
+    guard Int(head) < size, !descriptors.isEmpty, descriptors.count <= size else { return }
+    counter &+= 1  // wraps by intent, as the split tracker's
     var slot = head
     for (i, d) in descriptors.enumerated() {
       let at = entry(slot)
-      let next = UInt16((Int(slot) + 1) % size)
+      let next = UInt16(truncatingIfNeeded: (Int(slot) + 1) % size)
       try? memory.store(d.address, at: at + 24)
       try? memory.store(d.length, at: at + 20)
       try? memory.store(d.id, at: at + 16)
@@ -190,7 +216,7 @@ public final class InflightPackedQueue: @unchecked Sendable {
       if i == descriptors.count - 1 { try? memory.store(slot, at: entry(head) + 4) }  // last
       slot = next
     }
-    try? memory.store(UInt16(descriptors.count), at: entry(head) + 6)
+    try? memory.store(UInt16(truncatingIfNeeded: descriptors.count), at: entry(head) + 6)
     try? memory.store(counter, at: entry(head) + 8)
     SharedMemory.fullFence()
     try? memory.store(UInt8(1), at: entry(head))
@@ -198,15 +224,19 @@ public final class InflightPackedQueue: @unchecked Sendable {
   }
 
   /// Where the previous back-end's used index stood (the front-end cannot know it for packed
-  /// rings after a crash, so the restart takes it from here, as DPDK does).
+  /// rings after a crash, so the restart takes it from here, as DPDK does). `recover` has checked
+  /// that it lies inside the ring.
   public var recordedUsed: (index: UInt16, wrap: Bool) {
     let i = (try? memory.load(UInt16.self, at: base + 16)) ?? 0
     let w = ((try? memory.load(UInt8.self, at: base + 20)) ?? 1) != 0
-    return (i % UInt16(max(size, 1)), w)
+    return (i % UInt16(truncatingIfNeeded: max(size, 1)), w)
   }
 
   /// A recovered chain is in flight again (its completion clears it).
-  public func adopt(head: UInt16, id: UInt16) { headOf[id] = head }
+  public func adopt(head: UInt16, id: UInt16) {
+    guard Int(head) < size else { return }
+    headOf[id] = head
+  }
 
   /// The chain with buffer `id` was completed; `usedIndex`/`usedWrap` are the device's position now.
   func completed(id: UInt16, usedIndex: UInt16, usedWrap: Bool) {
@@ -216,17 +246,44 @@ public final class InflightPackedQueue: @unchecked Sendable {
     try? memory.store(UInt8(usedWrap ? 1 : 0), at: base + 20)
   }
 
-  /// Chains in flight when the previous back-end stopped, oldest first: their descriptors and the
-  /// number of ring slots each took.
-  public func recover() -> [(head: UInt16, descriptors: [SavedDescriptor])] {
+  /// Chains in flight when the previous back-end stopped, oldest first: their descriptors (as many
+  /// as the ring slots each took). Validated against the ring before anything is replayed: the
+  /// descriptor count, the used position, every chain's length and buffer id, and the slots of all
+  /// chains together (at most the ring's size, so resuming after them stays inside the ring). An
+  /// area that fails is reset (`usedIndex`/`usedWrap`: the ring's position to record) and nothing
+  /// is resubmitted.
+  public func recover(features: UInt64, usedIndex: UInt16, usedWrap: Bool) -> InflightRecovery<
+    [(head: UInt16, descriptors: [SavedDescriptor])]
+  > {
+    typealias Result = InflightRecovery<[(head: UInt16, descriptors: [SavedDescriptor])]>
+    func reset(_ reason: String) -> Result {
+      headOf = [:]
+      initialize(
+        features: features, descNum: UInt16(truncatingIfNeeded: size), usedIndex: usedIndex, usedWrap: usedWrap)
+      return .reset(reason)
+    }
+    let descNum = (try? memory.load(UInt16.self, at: base + 10)) ?? 0
+    guard Int(descNum) == size else { return reset("it describes \(descNum) descriptors, the ring has \(size)") }
+    let used = (try? memory.load(UInt16.self, at: base + 16)) ?? 0
+    guard Int(used) < size else { return reset("used_idx \(used) is beyond the ring") }
     var pending: [(UInt64, UInt16, [SavedDescriptor])] = []
+    var slots = 0
     for h in 0..<size {
-      let at = entry(UInt16(h))
-      guard (try? memory.load(UInt8.self, at: at)) == 1 else { continue }
+      let head = UInt16(truncatingIfNeeded: h)
+      let at = entry(head)
+      switch (try? memory.load(UInt8.self, at: at)) ?? 0 {
+      case 0: continue
+      case 1: break
+      case let v: return reset("slot \(h) has inflight byte \(v)")
+      }
       let num = Int((try? memory.load(UInt16.self, at: at + 6)) ?? 0)
-      guard num > 0, num <= size else { continue }
-      var slot = UInt16(h)
+      guard num > 0, num <= size - slots else {
+        return reset("slot \(h) records a chain of \(num) slots; \(size - slots) are left in the ring")
+      }
+      slots += num
+      var slot = head
       var descriptors: [SavedDescriptor] = []
+      descriptors.reserveCapacity(num)
       for _ in 0..<num {
         let e = entry(slot)
         descriptors.append(
@@ -235,12 +292,18 @@ public final class InflightPackedQueue: @unchecked Sendable {
             length: (try? memory.load(UInt32.self, at: e + 20)) ?? 0,
             id: (try? memory.load(UInt16.self, at: e + 16)) ?? 0,
             flags: (try? memory.load(UInt16.self, at: e + 18)) ?? 0))
-        slot = (try? memory.load(UInt16.self, at: e + 2)).map { $0 % UInt16(size) } ?? 0
+        let next = (try? memory.load(UInt16.self, at: e + 2)) ?? 0
+        guard Int(next) < size else { return reset("slot \(slot) links to slot \(next), beyond the ring") }
+        slot = next
+      }
+      // The buffer id a chain completes with is its last descriptor's (VIRTIO 1.1 §2.8.6).
+      if let id = descriptors.last?.id, Int(id) >= size {
+        return reset("slot \(h) records buffer id \(id), beyond the ring")
       }
       let c = (try? memory.load(UInt64.self, at: at + 8)) ?? 0
       counter = max(counter, c)
-      pending.append((c, UInt16(h), descriptors))
+      pending.append((c, head, descriptors))
     }
-    return pending.sorted { $0.0 < $1.0 }.map { ($0.1, $0.2) }
+    return .pending(pending.sorted { $0.0 < $1.0 }.map { ($0.1, $0.2) })
   }
 }

@@ -23,6 +23,7 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
   let driverOffset: UInt64
   let deviceArea: SharedMemory
   let deviceOffset: UInt64
+  let deviceGPA: UInt64
   let size: UInt16
   private var nextAvail: UInt16
   private var availWrap: Bool
@@ -30,6 +31,8 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
   private var usedWrap: Bool
   private var signalledUsed: UInt16 = 0
   private var signalledValid = false
+  /// Chains were published since the last `needsNotification()`.
+  private var usedSinceCheck = false
   public var log: DirtyLog?
   /// Inflight tracking (INFLIGHT_SHMFD), when the front-end set up an area.
   public var inflight: InflightPackedQueue?
@@ -42,7 +45,7 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
     do {
       (desc, descOffset, descGPA) = try memory.userRange(c.descUserAddr, length: 16 * Int(c.size))
       (driverArea, driverOffset, _) = try memory.userRange(c.availUserAddr, length: 4)
-      (deviceArea, deviceOffset, _) = try memory.userRange(c.usedUserAddr, length: 4)
+      (deviceArea, deviceOffset, deviceGPA) = try memory.userRange(c.usedUserAddr, length: 4)
     } catch {
       throw .ringNotReady(error.description)
     }
@@ -82,8 +85,10 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
     var saved: [InflightPackedQueue.SavedDescriptor] = []
     do throws(ChainError) {
       while true {
+        // A chain never takes more slots than the ring has (one that does not end is refused
+        // having taken exactly `size`).
+        guard count < Int(size) else { throw ChainError.tooLong(head: builder.head, limit: Int(size)) }
         count += 1
-        guard count <= Int(size) else { throw ChainError.tooLong(head: builder.head, limit: Int(size)) }
         let at = slot(i)
         guard let addr = try? desc.load(UInt64.self, at: at), let len = try? desc.load(UInt32.self, at: at + 8),
           let descID = try? desc.load(UInt16.self, at: at + 12), let flags = try? desc.load(UInt16.self, at: at + 14)
@@ -132,7 +137,11 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
 
   /// After a restart with inflight tracking: the recovered chains occupy the slots from the used
   /// position on, so fetching continues after them.
-  public func resume(usedIndex: UInt16, usedWrap: Bool, afterResubmitting slots: Int) {
+  /// `slots` beyond the ring (an inflight area that does not describe this ring) is refused.
+  public func resume(usedIndex: UInt16, usedWrap: Bool, afterResubmitting slots: Int) throws(ChainError) {
+    guard slots >= 0, slots <= Int(size) else {
+      throw .ringNotReady("inflight area resubmits \(slots) slots, the ring has \(size)")
+    }
     nextUsed = usedIndex % size
     self.usedWrap = usedWrap
     nextAvail = nextUsed
@@ -165,14 +174,15 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
     }
   }
 
-  func advanceAvail(by n: Int) {
-    let next = Int(nextAvail) + n
-    if next >= Int(size) {
-      nextAvail = UInt16(next - Int(size))
-      availWrap.toggle()
-    } else {
-      nextAvail = UInt16(next)
-    }
+  func advanceAvail(by n: Int) { Self.advance(&nextAvail, &availWrap, by: n, size: size) }
+
+  /// Moves a ring position on by `n` slots (n ≥ 0), toggling the wrap counter once per lap: the
+  /// position stays inside the ring whatever `n` is.
+  static func advance(_ index: inout UInt16, _ wrap: inout Bool, by n: Int, size: UInt16) {
+    let ringSize = Int(size)
+    let total = Int(index) + max(n, 0) % (2 * ringSize)
+    if (total / ringSize) % 2 == 1 { wrap.toggle() }
+    index = UInt16(truncatingIfNeeded: total % ringSize)
   }
 
   public func push(_ chain: DescriptorChain, length: UInt32) throws(ChainError) {
@@ -192,20 +202,18 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
     } catch {
       throw .ringNotReady("descriptors: \(error)")
     }
+    usedSinceCheck = true
     if let log, configuration.logUsed {
-      log.mark(guestAddress: descGPA + UInt64(nextUsed) * 16, length: 16)
+      log.mark(guestAddress: descGPA &+ UInt64(nextUsed) &* 16, length: 16)
     }
-    let next = Int(nextUsed) + max(descriptors, 1)
-    if next >= Int(size) {
-      nextUsed = UInt16(next - Int(size))
-      usedWrap.toggle()
-    } else {
-      nextUsed = UInt16(next)
-    }
+    Self.advance(&nextUsed, &usedWrap, by: max(descriptors, 1), size: size)
     inflight?.completed(id: id, usedIndex: nextUsed, usedWrap: usedWrap)
   }
 
   public func needsNotification() -> Bool {
+    // Nothing published since the last decision: nothing to interrupt for.
+    guard usedSinceCheck else { return false }
+    usedSinceCheck = false
     SharedMemory.fullFence()
     let old = signalledUsed
     let new = nextUsed
@@ -230,6 +238,7 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
 
   public func setKicksWanted(_ wanted: Bool) {
     try? deviceArea.store(UInt16(wanted ? 0 : 1), at: deviceOffset + 2)
+    if let log, configuration.logUsed { log.mark(guestAddress: deviceGPA &+ 2, length: 2) }
     SharedMemory.fullFence()
   }
 }

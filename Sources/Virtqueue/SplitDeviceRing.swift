@@ -17,6 +17,8 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
   private var usedIdx: UInt16
   private var signalledUsed: UInt16
   private var signalledValid = false
+  /// Chains were published to the used ring since the last `needsNotification()`.
+  private var usedSinceCheck = false
   public var log: DirtyLog?
   /// Inflight tracking (INFLIGHT_SHMFD), when the front-end set up an area.
   public var inflight: InflightQueue?
@@ -55,8 +57,7 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
     if configuration.eventIndex {
       // avail_event: kick me when the driver passes this index. The fence orders this store before
       // the next read of the avail index (otherwise a kick could be lost).
-      try? used.store(lastAvail, at: usedOffset + 4 + UInt64(size) * 8)
-      SharedMemory.fullFence()
+      storeAvailEvent(lastAvail)
     }
     do {
       let chain = try walk(head)
@@ -158,8 +159,7 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
     lastAvail = last
     if configuration.eventIndex {
       // avail_event once per burst (see pop()).
-      try? used.store(last, at: usedOffset + 4 + UInt64(size) * 8)
-      SharedMemory.fullFence()
+      storeAvailEvent(last)
     }
   }
 
@@ -178,6 +178,7 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
       }
       usedIdx = idx
       try used.storeRelease16(idx, at: usedOffset + 2)
+      if !burst.entries.isEmpty { usedSinceCheck = true }
     } catch {
       throw .ringNotReady("used ring: \(error)")
     }
@@ -195,17 +196,35 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
       inflight?.completing(head: UInt16(truncatingIfNeeded: id))
       usedIdx &+= 1
       try used.storeRelease16(usedIdx, at: usedOffset + 2)
+      usedSinceCheck = true
       inflight?.completed(head: UInt16(truncatingIfNeeded: id), usedIndex: usedIdx)
     } catch {
       throw .ringNotReady("used ring: \(error)")
     }
-    if let log, configuration.logUsed {
-      log.mark(guestAddress: configuration.logGuestAddr + 4 + slot * 8, length: 8)
-      log.mark(guestAddress: configuration.logGuestAddr + 2, length: 2)
-    }
+    logUsedWrite(at: 4 &+ slot &* 8, length: 8)
+    logUsedWrite(at: 2, length: 2)
+  }
+
+  /// Marks bytes `[offset, offset+length)` of the used ring in the dirty log (VHOST_VRING_F_LOG).
+  /// `log_guest_addr` is the front-end's value: the sum wraps (a page beyond the log is ignored by
+  /// `DirtyLog.mark`), it never traps.
+  func logUsedWrite(at offset: UInt64, length: Int) {
+    guard let log, configuration.logUsed else { return }
+    log.mark(guestAddress: configuration.logGuestAddr &+ offset, length: length)
+  }
+
+  /// Writes avail_event (used->ring[size]) and logs it; the fence orders the store before the next
+  /// read of the avail index.
+  func storeAvailEvent(_ index: UInt16) {
+    try? used.store(index, at: usedOffset + 4 + UInt64(size) * 8)
+    logUsedWrite(at: 4 &+ UInt64(size) &* 8, length: 2)
+    SharedMemory.fullFence()
   }
 
   public func needsNotification() -> Bool {
+    // Nothing published since the last decision: nothing to interrupt for.
+    guard usedSinceCheck else { return false }
+    usedSinceCheck = false
     SharedMemory.fullFence()
     defer {
       signalledUsed = usedIdx
@@ -223,11 +242,12 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
 
   public func setKicksWanted(_ wanted: Bool) {
     if configuration.eventIndex {
-      try? used.store(lastAvail, at: usedOffset + 4 + UInt64(size) * 8)
+      storeAvailEvent(lastAvail)
     } else {
       try? used.store(UInt16(wanted ? 0 : 1), at: usedOffset)  // VRING_USED_F_NO_NOTIFY
+      logUsedWrite(at: 0, length: 2)
+      SharedMemory.fullFence()
     }
-    SharedMemory.fullFence()
   }
 
   /// Whether chains are waiting (without consuming them).

@@ -96,6 +96,13 @@ static inline void _cvh_prefetch(const void *p, int write) {
   }
 }
 
+/// Whether descriptors `a` and `b` of this process refer to the same open file description
+/// (kcmp(2) KCMP_FILE): 1 yes, 0 no, -1 with errno when the kernel cannot tell.
+int _cvh_same_file(int a, int b);
+
+/// Sets O_NONBLOCK on `fd` (fcntl F_GETFL/F_SETFL); 0 or -1 with errno.
+int _cvh_set_nonblocking(int fd);
+
 #ifdef __cplusplus
 }
 #endif
