@@ -305,7 +305,8 @@ extension BackendSession {
     let kick = polled ? nil : try notifier(fds.first, .setVringKick)
     try q.lock.withLock {
       if let kick {
-        for (other, name) in [(q.call, "call"), (q.err, "error")] where other.map({ kick.fd.isSameFile(as: $0.fd) }) == true {
+        for (other, name) in [(q.call, "call"), (q.err, "error")]
+        where other.map({ kick.fd.isSameFile(as: $0.fd) }) == true {
           throw RequestFailure("SET_VRING_KICK: ring \(q.index)'s kick descriptor is its \(name) descriptor")
         }
       }
