@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-30}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(decode backend splitRing packedRing frontend devices)
+[ ${#targets[@]} -gt 0 ] || targets=(decode backend splitRing packedRing frontend devices inflight)
 # Optimized (-O keeps Swift's bounds and overflow checks): 5-10x the executions of a debug build.
 swift build -c release --product vhost-fuzz --sanitize fuzzer -Xswiftc -parse-as-library -Xswiftc -DFUZZING \
   --scratch-path .build-fuzz >/dev/null

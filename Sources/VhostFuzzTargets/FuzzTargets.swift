@@ -7,6 +7,10 @@ import VhostSystem
 import VhostTransport
 import Virtqueue
 
+#if canImport(Glibc)
+  import Glibc
+#endif
+
 /// libFuzzer targets. Each takes arbitrary bytes and must neither trap, hang nor leak.
 public enum FuzzTarget: String, CaseIterable, Sendable {
   /// (1) Header and body decoding on both channels.
@@ -21,6 +25,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
   case frontend
   /// (6) The virtio-blk and virtio-net request parsers over fuzzed rings.
   case devices
+  /// (7) Inflight areas with arbitrary contents replayed on a ring's start (split and packed).
+  case inflight
 
   public func run(_ data: [UInt8]) {
     switch self {
@@ -30,6 +36,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case .packedRing: FuzzRing.run(data, packed: true)
     case .frontend: FuzzFrontend.run(data)
     case .devices: FuzzDevices.run(data)
+    case .inflight: FuzzInflight.run(data)
     }
   }
 }
@@ -46,6 +53,7 @@ struct FuzzInput {
     return bytes[offset]
   }
   mutating func u16() -> UInt16 { UInt16(byte()) | UInt16(byte()) << 8 }
+  mutating func u64() -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(byte()) << (8 * UInt64($1)) } }
   mutating func take(_ n: Int) -> [UInt8] {
     let end = min(bytes.count, offset + max(0, n))
     defer { offset = end }
@@ -106,10 +114,16 @@ final class FuzzEchoDevice: VhostUserDevice, @unchecked Sendable {
 enum FuzzBackend {
   /// Guest memory the fuzzer's messages can name (a memfd 64 KiB long).
   static func fakeFD(kind: UInt8) -> OwnedFD? {
-    switch kind % 3 {
+    switch kind % 4 {
     case 0: return (try? SharedMemory(anonymous: "fuzz", size: 65536))?.fd
     case 1: return (try? EventFD())?.fd
-    default: return (try? UnixSocket.pair())?.0.fd
+    case 2: return (try? UnixSocket.pair())?.0.fd
+    default:
+      // A pipe's read end whose writer is gone (a kick at end of file, a state transfer that ends).
+      var fds: [Int32] = [-1, -1]
+      guard pipe(&fds) == 0 else { return nil }
+      _ = close(fds[1])
+      return OwnedFD(taking: fds[0])
     }
   }
 
@@ -127,7 +141,7 @@ enum FuzzBackend {
       }())
     var input = FuzzInput(data)
     var messages = 0
-    while !input.isEmpty && messages < 32 {
+    while !input.isEmpty && messages < 64 {
       messages += 1
       let code = UInt32(input.byte() % 48)
       let flagsByte = input.byte()
@@ -166,6 +180,16 @@ enum FuzzImage {
     else { return nil }
     return (mem, memory)
   }()
+  /// The same memfd seen at the very top of both address spaces (guest-physical and front-end
+  /// virtual): ring and buffer arithmetic near 2^64.
+  static let high: GuestMemory? = {
+    guard let (mem, _) = shared else { return nil }
+    let top = UInt64.max - UInt64(size)
+    return try? GuestMemory().adding(
+      MemoryRegion(guestPhysAddr: top, memorySize: UInt64(size), userAddr: top, mmapOffset: 0), fd: mem.fd, limit: 8)
+  }()
+  /// A dirty log for 128 MiB of guest memory (4 KiB of bits); marks beyond it are ignored.
+  static let log: DirtyLog? = (try? SharedMemory(anonymous: "fuzz-log", size: 4096)).map(DirtyLog.init)
   static let zeros = [UInt8](repeating: 0, count: size)
 
   static func load(_ mem: SharedMemory, _ bytes: [UInt8]) {
@@ -186,11 +210,19 @@ enum FuzzRing {
     let avail = UInt64(input.u16() & 0xfffe)
     let used = UInt64(input.u16() & 0xfffc)
     let flags = input.byte()
+    let base = VringBase(num: UInt32(input.u16()) | UInt32(input.u16()) << 16, packed: packed)
+    // Byte 12: bit 0 maps the image at the top of the address spaces, bit 1 logs used-ring writes
+    // at the log_guest_addr of bytes 13-20 (any 64-bit value) with LOG_ALL's dirty log on.
+    let mode = input.byte()
+    let logAddress = input.u64()
+    let high = mode & 1 != 0
+    let origin: UInt64 = high ? UInt64.max - UInt64(FuzzImage.size) : 0x10_0000
+    guard let space = high ? FuzzImage.high : memory else { return }
     let config = RingConfiguration(
-      size: size, desc: 0x10_0000 + desc, avail: 0x10_0000 + avail, used: 0x10_0000 + used,
-      eventIndex: flags & 1 != 0, packed: packed,
-      base: VringBase(num: UInt32(input.u16()) | UInt32(input.u16()) << 16, packed: packed))
-    guard let ring = try? makeDeviceRing(config, memory: memory) else { return }
+      size: size, desc: origin + desc, avail: origin + avail, used: origin + used, logUsed: mode & 2 != 0,
+      logGuestAddr: logAddress, eventIndex: flags & 1 != 0, packed: packed, base: base)
+    guard let ring = try? makeDeviceRing(config, memory: space) else { return }
+    if mode & 2 != 0 { ring.log = FuzzImage.log }
     if flags & 2 != 0 {
       // The burst path: chains taken, echoed and completed a burst at a time.
       let buffer = PacketBuffer(capacity: 512)
@@ -217,14 +249,19 @@ enum FuzzRing {
         if !ring.hasAvailable { break }
         continue
       }
-      var r = chain.reader()
-      let bytes = r.read(512)
-      var w = chain.writer()
-      w.write(bytes)
-      try? ring.push(chain, length: UInt32(w.written))
-      _ = ring.needsNotification()
+      echo(chain, on: ring)
     }
     _ = ring.base
+  }
+
+  /// Echoes up to 512 readable bytes of `chain` into its writable part and completes it.
+  static func echo(_ chain: DescriptorChain, on ring: DeviceRing) {
+    var r = chain.reader()
+    let bytes = r.read(512)
+    var w = chain.writer(log: ring.log)
+    w.write(bytes)
+    try? ring.push(chain, length: UInt32(clamping: w.written))
+    _ = ring.needsNotification()
   }
 }
 
@@ -272,8 +309,11 @@ enum FuzzDevices {
       // buffers) takes them (checksum completion, mergeable buffers, too-small buffers).
       guard let txRing = try? makeDeviceRing(config, memory: memory) else { return }
       let sw = NetSwitch(forwarding: .switch, wakeReceivers: false)
-      let a = NetDevice(switch: sw, name: "a", mtu: 1500)
-      let b = NetDevice(switch: sw, name: "b", mtu: 1500)
+      // Bytes 8-9 of the image: the ports' MTU, anywhere from 68 to 65535.
+      let rawMTU = input.u16()
+      let mtu = rawMTU == 0 ? 1500 : UInt16(68) + rawMTU % (UInt16.max - 67)
+      let a = NetDevice(switch: sw, name: "a", mtu: mtu)
+      let b = NetDevice(switch: sw, name: "b", mtu: mtu)
       let offered = a.features
       let pick = VirtioFeatures(rawValue: UInt64(which >> 3) << 15 | UInt64(which >> 5 & 3))
       // The image's byte 7 picks TSO: bits 0-2 GUEST_TSO4/6, GUEST_ECN; bits 3-5 HOST_TSO4/6, HOST_ECN.
@@ -295,4 +335,79 @@ enum FuzzDevices {
     guard let disk else { return nil }
     return try? BlkDevice(path: "/proc/self/fd/\(disk.fd.rawValue)", serial: "fuzz")
   }()
+}
+
+enum FuzzInflight {
+  static let areaSize = InflightRegion.queueRegionSize(queueSize: 256)
+  static let area = try? SharedMemory(anonymous: "fuzz-inflight", size: areaSize)
+
+  /// Byte 0: bit 0 packed, bits 1-4 the ring size (1...256); then the inflight area (one queue's,
+  /// 8256 bytes, as a previous back-end and the front-end left it); the rest is the guest memory
+  /// image with the ring's geometry first, as for the ring fuzzers. The replay is the session's:
+  /// recover, resubmit, resume, then serve what the ring has.
+  static func run(_ data: [UInt8]) {
+    guard data.count >= 16, let area, let (mem, memory) = FuzzImage.shared,
+      let region = try? InflightRegion(memory: area, queueCount: 1, queueSize: 256)
+    else { return }
+    var input = FuzzInput(data)
+    let mode = input.byte()
+    let packed = mode & 1 != 0
+    let size = UInt16(1) << UInt16((mode >> 1) % 9)
+    let areaBytes = input.take(areaSize)
+    try? area.write(areaBytes, at: 0)
+    if areaBytes.count < areaSize { try? area.fill(0, at: UInt64(areaBytes.count), count: areaSize - areaBytes.count) }
+    let image = Array(data[min(input.offset, data.count)...])
+    FuzzImage.load(mem, image)
+    // The image's header as the ring fuzzers read it (its size byte and flags are not used here).
+    var ringInput = FuzzInput(image)
+    _ = ringInput.byte()
+    let desc = UInt64(ringInput.u16() & 0xfff0)
+    let avail = UInt64(ringInput.u16() & 0xfffe)
+    let used = UInt64(ringInput.u16() & 0xfffc)
+    _ = ringInput.byte()
+    let config = RingConfiguration(
+      size: size, desc: 0x10_0000 + desc, avail: 0x10_0000 + avail, used: 0x10_0000 + used, eventIndex: false,
+      packed: packed, base: VringBase(num: UInt32(ringInput.u16()) | UInt32(ringInput.u16()) << 16, packed: packed))
+    guard let ring = try? makeDeviceRing(config, memory: memory) else { return }
+    var resubmitted: [DescriptorChain] = []
+    if let split = ring as? SplitDeviceRing, let tracker = region.queue(0, ringSize: size) {
+      if tracker.isInitialized, case .pending(let heads) = tracker.recover(usedIndex: split.usedIndex, features: 0) {
+        split.resume(afterResubmitting: heads.count)
+        resubmitted = heads.compactMap { try? split.resubmit(head: $0) }
+      } else if !tracker.isInitialized {
+        tracker.initialize(features: 0, descNum: size, usedIndex: split.usedIndex)
+      }
+      split.inflight = tracker
+    } else if let packedRing = ring as? PackedDeviceRing, let tracker = region.packedQueue(0, ringSize: size) {
+      let position = packedRing.usedPosition
+      if tracker.isInitialized,
+        case .pending(let pending) = tracker.recover(features: 0, usedIndex: position.index, usedWrap: position.wrap)
+      {
+        var slots = 0
+        for p in pending {
+          if let chain = try? packedRing.rebuild(p.descriptors, head: p.head) {
+            resubmitted.append(chain)
+            tracker.adopt(head: p.head, id: chain.head)
+          }
+          slots += p.descriptors.count
+        }
+        let used = tracker.recordedUsed
+        if (try? packedRing.resume(usedIndex: used.index, usedWrap: used.wrap, afterResubmitting: slots)) == nil {
+          resubmitted = []
+        }
+      } else if !tracker.isInitialized {
+        tracker.initialize(features: 0, descNum: size, usedIndex: position.index, usedWrap: position.wrap)
+      }
+      packedRing.inflight = tracker
+    }
+    for chain in resubmitted { FuzzRing.echo(chain, on: ring) }
+    for _ in 0..<64 {
+      guard let chain = try? ring.pop() else {
+        if !ring.hasAvailable { break }
+        continue
+      }
+      FuzzRing.echo(chain, on: ring)
+    }
+    _ = ring.base
+  }
 }

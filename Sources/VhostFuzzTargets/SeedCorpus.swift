@@ -18,11 +18,39 @@ extension FuzzTarget {
         // then passed whole to B.
         [0x6e] + Seeds.netGSOImage(guestTSO: false), [0x6e] + Seeds.netGSOImage(guestTSO: true),
       ]
+    case .inflight:
+      // Rings of 8 whose areas each record one request in flight, before the ring images above.
+      [[6] + Seeds.inflightArea(packed: false) + Seeds.splitRingImage(blk: false)]
+        + [[7] + Seeds.inflightArea(packed: true) + Seeds.packedRingImage()]
     }
   }
 }
 
 enum Seeds {
+  /// One queue's inflight area (as `FuzzInflight` reads it) for a ring of 8 with the chain at
+  /// descriptor/slot 0 in flight.
+  static func inflightArea(packed: Bool) -> [UInt8] {
+    var m = [UInt8](repeating: 0, count: 8256)
+    func put<T: FixedWidthInteger>(_ v: T, _ at: Int) {
+      withUnsafeBytes(of: v.littleEndian) { for (i, b) in $0.enumerated() { m[at + i] = b } }
+    }
+    put(UInt16(1), 8)  // version
+    put(UInt16(8), 10)  // desc_num
+    if packed {
+      put(UInt8(1), 20)  // used_wrap_counter
+      put(UInt8(1), 32)  // slot 0: inflight
+      put(UInt16(1), 32 + 2)  // next
+      put(UInt16(1), 32 + 6)  // num
+      put(UInt64(5), 32 + 8)  // counter
+      put(UInt32(16), 32 + 20)  // len
+      put(UInt64(0x800), 32 + 24)  // addr
+    } else {
+      put(UInt8(1), 16)  // descriptor 0: inflight
+      put(UInt64(5), 16 + 8)  // counter
+    }
+    return m
+  }
+
   static func sample(_ layout: PayloadLayout) -> Payload {
     switch layout {
     case .empty, .opaque: .empty
