@@ -232,6 +232,7 @@ extension BackendSession {
     guard packed || s.num & (s.num - 1) == 0 else { throw RequestFailure("split ring size \(s.num) not a power of 2") }
     try q.lock.withLock {
       guard !q.started else { throw RequestFailure("SET_VRING_NUM on started ring \(s.index)") }
+      // bounded: 1...Limits.maxQueueSize, checked above
       q.size = UInt16(s.num)
     }
   }
@@ -300,6 +301,7 @@ extension BackendSession {
   func setVringKick(_ p: Payload, _ fds: [OwnedFD]) throws {
     try requireOwner(.setVringKick)
     let v = p.u64Value ?? 0
+    // bounded: masked to 8 bits
     let q = try queue(UInt32(v & Limits.vringIndexMask), .setVringKick)
     let polled = v & Limits.vringNoFDMask != 0
     let kick = polled ? nil : try notifier(fds.first, .setVringKick)
@@ -416,6 +418,7 @@ extension BackendSession {
     throws
   {
     let v = p.u64Value ?? 0
+    // bounded: masked to 8 bits
     let q = try queue(UInt32(v & Limits.vringIndexMask), code)
     let fd = v & Limits.vringNoFDMask != 0 ? nil : try notifier(fds.first, code)
     try q.lock.withLock {

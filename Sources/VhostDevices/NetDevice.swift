@@ -109,7 +109,9 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
     let address = filter.withLock { $0.address }
     w.write(bytes: (0..<6).map { UInt8(truncatingIfNeeded: address >> (8 * (5 - UInt64($0)))) })
     w.write(UInt16(announcing.load(ordering: .relaxed) ? 3 : 1))  // LINK_UP, ANNOUNCE
+    // bounded: pairs is 1...Limits of the device (checked at init)
     w.write(UInt16(pairs))
+    // bounded: the MTU is a UInt16 stored in an Int
     w.write(UInt16(currentMTU.load(ordering: .relaxed)))
     return w.bytes
   }
@@ -493,6 +495,7 @@ public final class NetDevice: VhostUserDevice, NetPort, @unchecked Sendable {
       for chain in chains { queue.complete(chain, written: 0) }
       return .dropped(chains.count >= Self.maxBuffersPerFrame ? .rxBufferTooSmall : .rxRingExhausted)
     }
+    // bounded: at most the ring's size (≤ 32768) chains per frame
     h.numBuffers = UInt16(chains.count)
     h.write(to: buffer, at: packet.lowerBound, length: hdr)
     var offset = packet.lowerBound

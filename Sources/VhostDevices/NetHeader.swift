@@ -69,6 +69,7 @@ public struct NetHeader: Sendable, Equatable {
   /// Parses the first 10 or 12 bytes of `bytes` (missing bytes read as 0).
   public init(bytes: [UInt8]) {
     func b(_ i: Int) -> UInt8 { i < bytes.count ? bytes[i] : 0 }
+    // bounded: UInt8 widens
     func u16(_ at: Int) -> UInt16 { UInt16(b(at)) | UInt16(b(at + 1)) << 8 }
     flags = b(0)
     gsoType = b(1)

@@ -130,7 +130,9 @@ struct GSOLayout: Equatable {
     h.flags = NetHeader.needsCsum
     h.gsoType = header.gsoType
     h.gsoSize = header.gsoSize
+    // bounded: header lengths are at most 18 + 60 + 60 bytes
     h.hdrLen = UInt16(headerLength)
+    // bounded: header lengths are at most 18 + 60 + 60 bytes
     h.csumStart = UInt16(transport)
     h.csumOffset = 16
     return h
@@ -172,6 +174,7 @@ enum Segmenter {
     let addressSum = out.onesComplementSum(addresses)
     var header = NetHeader()
     header.flags = NetHeader.needsCsum
+    // bounded: header lengths are at most 18 + 60 + 60 bytes
     header.csumStart = UInt16(l4)
     header.csumOffset = 16
     var offset = base + hl
@@ -180,11 +183,13 @@ enum Segmenter {
       out.copy(from: buffer, offset..<(offset + take), to: hl)
       let tcpLength = hl - l4 + take
       if layout.ipv4 {
+        // bounded: parse() refused segments whose IP length exceeds 16 bits
         out.setU16be(UInt16(hl - l3 + take), at: l3 + 2)
         out.setU16be(firstID &+ UInt16(truncatingIfNeeded: i), at: l3 + 4)
         out.setU16be(0, at: l3 + 10)
         out.setU16be(~out.onesComplementSum(l3..<l4), at: l3 + 10)
       } else {
+        // bounded: parse() refused segments whose IP length exceeds 16 bits
         out.setU16be(UInt16(tcpLength), at: l3 + 4)
       }
       out.setU32be(firstSequence &+ UInt32(truncatingIfNeeded: i * layout.segmentSize), at: l4 + 4)
@@ -193,9 +198,10 @@ enum Segmenter {
       if i != 0 { f &= ~0x80 }  // CWR
       out[l4 + 13] = f
       // Partial checksum: the pseudo-header sum (addresses, protocol 6, TCP length), folded.
+      // bounded: UInt16 widens; tcpLength < 2^16
       var sum = UInt32(addressSum) + 6 + UInt32(tcpLength)
       while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
-      out.setU16be(UInt16(sum), at: l4 + 16)
+      out.setU16be(UInt16(truncatingIfNeeded: sum), at: l4 + 16)
       emit(header, out, 0..<(hl + take))
       offset += take
     }
@@ -204,6 +210,7 @@ enum Segmenter {
 
 extension PacketBuffer {
   /// A big-endian u16 at `i` (network byte order).
+  // bounded: UInt8 widens
   func u16be(at i: Int) -> UInt16 { UInt16(self[i]) << 8 | UInt16(self[i + 1]) }
 
   func setU16be(_ v: UInt16, at i: Int) {
@@ -212,6 +219,7 @@ extension PacketBuffer {
   }
 
   /// A big-endian u32 at `i`.
+  // bounded: UInt16 widens
   func u32be(at i: Int) -> UInt32 { UInt32(u16be(at: i)) << 16 | UInt32(u16be(at: i + 2)) }
 
   func setU32be(_ v: UInt32, at i: Int) {

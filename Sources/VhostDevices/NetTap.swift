@@ -37,6 +37,7 @@ public final class NetTap: NetPort, @unchecked Sendable {
   public init(name: String, mtu: Int = 1500, offloads: Bool = true) throws {
     self.name = name
     self.mtu = mtu
+    // bounded: a constant (12)
     tap = try TapDevice.open(name: name, headerLength: Int32(Self.headerLength))
     self.offloads = offloads && (try? TapDevice.enableTCPOffloads(tap.rawValue)) != nil
   }

@@ -73,9 +73,11 @@ public final class BlkDriver: @unchecked Sendable {
     let g = device.memory
     var chain = [DriverBuffer(guestAddress: g.gpa(slot), length: 16, deviceWritable: false)]
     if !data.isEmpty {
+      // bounded: our own request sizes (checked against the device's limits)
       chain.append(DriverBuffer(guestAddress: g.gpa(dataOffset), length: UInt32(data.count), deviceWritable: false))
     }
     if readLength > 0 {
+      // bounded: our own request sizes (checked against the device's limits)
       chain.append(DriverBuffer(guestAddress: g.gpa(dataOffset), length: UInt32(readLength), deviceWritable: true))
     }
     if statusByte {

@@ -78,6 +78,7 @@ public final class DeviceDriver: @unchecked Sendable {
     try frontend.setMemTable(
       [GuestRegion(memory.memory, guestPhysAddr: memory.guestBase)], preferSlots: preferMemorySlots)
     let eventIdx = ackedFeatures.contains(.eventIdx)
+    // bounded: the caller's queue count
     for i in 0..<UInt32(queueCount) {
       let q: QueueDriver
       do {
@@ -87,6 +88,7 @@ public final class DeviceDriver: @unchecked Sendable {
       } catch {
         throw .invalidArgument("\(error)")
       }
+      // bounded: UInt16 widens
       try frontend.setVringNum(i, UInt32(queueSize))
       try frontend.setVringBase(i, 0)
       try frontend.setVringAddr(
@@ -96,6 +98,7 @@ public final class DeviceDriver: @unchecked Sendable {
       queues.append(q)
     }
     if frontend.state.protocolFeaturesEnabled {
+      // bounded: the caller's queue count
       for i in 0..<UInt32(queueCount) { try frontend.setVringEnable(i, true) }
     }
     if status {

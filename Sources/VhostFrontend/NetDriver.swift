@@ -52,6 +52,7 @@ public final class NetDriver: @unchecked Sendable {
       try mem.write(frame, at: buf + UInt64(headerLength))
       try tx.ring.add([
         DriverBuffer(
+          // bounded: one frame, at most 64 KiB
           guestAddress: device.memory.gpa(buf), length: UInt32(headerLength + frame.count), deviceWritable: false)
       ])
     } catch {
@@ -108,6 +109,7 @@ public final class NetDriver: @unchecked Sendable {
     guard frame.count + headerLength <= bufferSize else {
       throw .invalidArgument("frame of \(frame.count) bytes too big")
     }
+    // bounded: one frame, at most 64 KiB
     let length = UInt32(headerLength + frame.count)
     var addresses: [UInt64] = []
     do {
@@ -174,6 +176,7 @@ public final class NetDriver: @unchecked Sendable {
         let head = Int(rx.ring.nextHead)
         try rx.ring.add([
           DriverBuffer(
+            // bounded: the caller's buffer size
             guestAddress: device.memory.gpa(rxBuffers[head]), length: UInt32(bufferSize), deviceWritable: true)
         ])
       }

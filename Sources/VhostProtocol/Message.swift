@@ -105,7 +105,9 @@ public struct Message<Code: VhostRequestCode>: Hashable, Sendable {
   /// Header and body as one byte string.
   public func encoded() -> [UInt8] {
     let body = payload.encoded()
-    return MessageHeader(request: code.rawValue, flags: flags, size: UInt32(body.count)).encoded() + body
+    // bounded: encode() is only called with bodies the payload coder built (at most Limits.maxMessageBody)
+    return MessageHeader(request: code.rawValue, flags: flags, size: UInt32(truncatingIfNeeded: body.count)).encoded()
+      + body
   }
 
   /// Decodes a request's body (header already validated) and checks its descriptor count.

@@ -46,10 +46,12 @@ public struct VringBase: Hashable, Sendable {
   public init(num: UInt32, packed: Bool) {
     if packed && num >> 16 == 0 {
       self.init(
+        // bounded: masked to 15 bits
         packedAvail: UInt16(num & 0x7fff), availWrap: num & 0x8000 != 0, used: UInt16(num & 0x7fff),
         usedWrap: num & 0x8000 != 0)
     } else if packed {
       self.init(
+        // bounded: masked to 15 bits
         packedAvail: UInt16(num & 0x7fff), availWrap: num & 0x8000 != 0, used: UInt16((num >> 16) & 0x7fff),
         usedWrap: num & 0x8000_0000 != 0)
     } else {
@@ -58,7 +60,9 @@ public struct VringBase: Hashable, Sendable {
   }
 
   public func num(packed: Bool) -> UInt32 {
+    // bounded: UInt16 widens
     guard packed else { return UInt32(availIndex) }
+    // bounded: UInt16 widens
     return UInt32(availIndex & 0x7fff) | (availWrap ? 0x8000 : 0) | UInt32(usedIndex & 0x7fff) << 16
       | (usedWrap ? 0x8000_0000 : 0)
   }
@@ -140,6 +144,7 @@ public struct MemoryTable: Hashable, Sendable {
   public static func size(regions count: Int) -> Int { 8 + count * MemoryRegion.size }
 
   func encode(into w: inout ByteWriter) {
+    // bounded: a table holds at most Limits.maxMemSlots regions
     w.write(UInt32(regions.count))
     w.write(UInt32(0))
     for region in regions { region.encode(into: &w) }
@@ -148,6 +153,7 @@ public struct MemoryTable: Hashable, Sendable {
     let total = r.remaining
     let count: UInt32 = try r.read()
     try r.skip(4)
+    // bounded: a constant
     guard count <= UInt32(Limits.baselineRegions) else {
       throw .invalidField(request: "SET_MEM_TABLE", field: "nregions", value: UInt64(count))
     }
@@ -246,6 +252,7 @@ public struct ConfigSpace: Hashable, Sendable {
   }
   func encode(into w: inout ByteWriter) {
     w.write(offset)
+    // bounded: config spaces are at most Limits.maxConfigSize bytes
     w.write(UInt32(bytes.count))
     w.write(flags)
     w.write(bytes: bytes)
@@ -254,6 +261,7 @@ public struct ConfigSpace: Hashable, Sendable {
     offset = try r.read()
     let size: UInt32 = try r.read()
     flags = try r.read()
+    // bounded: a constant
     guard size <= UInt32(Limits.maxConfigSize), Int(size) == r.remaining else {
       throw .wrongPayloadSize(
         request: "GET_CONFIG/SET_CONFIG", expected: "12 + size field (\(size), at most 256)", actual: r.remaining + 12)

@@ -128,6 +128,7 @@ public struct ChainBurst: Sendable {
         }
         segments.append(
           BurstSegment(
+            // bounded: an index into at most Limits.maxMemSlots mappings
             mapping: Int32(index), writable: isWritable, offset: s.offset, length: s.length,
             guestAddress: s.guestAddress))
         if isWritable { w += s.length } else { r += s.length }

@@ -46,7 +46,7 @@ public final class DirtyLog: Sendable {
     for page in first...last {
       let byte = page / 8
       guard byte < UInt64(memory.size) else { return }
-      try? memory.atomicOr8(UInt8(1) << UInt8(page % 8), at: byte)
+      try? memory.atomicOr8(UInt8(1) << UInt8(truncatingIfNeeded: page % 8), at: byte)
     }
   }
 }

@@ -78,6 +78,7 @@ public final class GuestMemory: Sendable {
       let offset = address - b.start
       let n = min(left, b.end - address)
       out.append(
+        // bounded: an index into at most Limits.maxMemSlots mappings
         BurstSegment(mapping: Int32(found), writable: writable, offset: offset, length: Int(n), guestAddress: address))
       address += n
       left -= n

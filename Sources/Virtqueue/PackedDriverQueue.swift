@@ -128,9 +128,11 @@ public final class PackedDriverQueue: @unchecked Sendable {
       out.append(UsedElement(head: id, length: len))
       let next = Int(nextUsed) + count
       if next >= Int(size) {
+        // bounded: next < 2 * size
         nextUsed = UInt16(next - Int(size))
         usedWrap.toggle()
       } else {
+        // bounded: next < size
         nextUsed = UInt16(next)
       }
     }

@@ -64,6 +64,7 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
       inflight?.fetched(head: head)
       return chain
     } catch {
+      // bounded: UInt16 widens
       if head < size { try? complete(id: UInt32(head), length: 0) }
       throw error
     }
@@ -89,6 +90,7 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
 
   /// Validates the chain at `head`, handing each buffer to `sink`.
   func walk<Sink: ChainSink>(_ head: UInt16, into builder: inout Sink) throws(ChainError) {
+    // bounded: UInt16 widens
     guard head < size else { throw .headOutOfRange(UInt32(head), size: size) }
     var i = head
     var seen = 0
@@ -134,7 +136,9 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
     // instead of taking them one after the other.
     burst.heads.removeAll(keepingCapacity: true)
     for k in 0..<n {
-      guard let head = try? avail.load(UInt16.self, at: availOffset + 4 + UInt64((last &+ UInt16(k)) % size) * 2)
+      guard
+        let head = try? avail.load(
+          UInt16.self, at: availOffset + 4 + UInt64((last &+ UInt16(truncatingIfNeeded: k)) % size) * 2)
       else {
         burst.errors.append(.ringNotReady("avail ring"))
         break
@@ -165,6 +169,7 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
 
   public func pushBurst(_ burst: ChainBurst) throws(ChainError) {
     if inflight != nil || (log != nil && configuration.logUsed) {
+      // bounded: UInt16 widens
       for i in 0..<burst.count { try complete(id: UInt32(burst.head(i)), length: burst.written(i)) }
       return
     }
@@ -172,6 +177,7 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
     do {
       for e in burst.entries {
         let slot = UInt64(idx % size)
+        // bounded: UInt16 widens
         try used.store(UInt32(e.head), at: usedOffset + 4 + slot * 8)
         try used.store(e.written, at: usedOffset + 8 + slot * 8)
         idx &+= 1
@@ -185,6 +191,7 @@ public final class SplitDeviceRing: DeviceRing, @unchecked Sendable {
   }
 
   public func push(_ chain: DescriptorChain, length: UInt32) throws(ChainError) {
+    // bounded: UInt16 widens
     try complete(id: UInt32(chain.head), length: length)
   }
 

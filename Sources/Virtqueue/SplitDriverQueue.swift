@@ -148,10 +148,13 @@ public final class SplitDriverQueue: @unchecked Sendable {
         let at = usedOffset + 4 + UInt64(lastUsed % size) * 8
         let id = try mem.load(UInt32.self, at: at)
         let len = try mem.load(UInt32.self, at: at + 4)
+        // bounded: UInt16 widens
         guard id < UInt32(size), chainLength[Int(id)] > 0 else {
           throw QueueError.corruptUsedRing("used id \(id) is not an outstanding chain head")
         }
+        // bounded: id < size, checked above
         release(head: UInt16(id))
+        // bounded: id < size, checked above
         result.append(UsedElement(head: UInt16(id), length: len))
         lastUsed &+= 1
       }
@@ -232,9 +235,11 @@ public final class SplitDriverQueue: @unchecked Sendable {
       guard pending <= size else { throw QueueError.corruptUsedRing("used index advanced by \(pending) > \(size)") }
       while last != usedIdx {
         let id = try mem.load(UInt32.self, at: usedOffset + 4 + UInt64(last % size) * 8)
+        // bounded: UInt16 widens
         guard id < UInt32(size), lengths[Int(id)] > 0 else {
           throw QueueError.corruptUsedRing("used id \(id) is not an outstanding chain head")
         }
+        // bounded: id < size, checked above
         freed += Self.release(head: UInt16(id), lengths: &lengths, links: &links, free: &free)
         last &+= 1
         n += 1
