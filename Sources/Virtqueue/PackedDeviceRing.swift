@@ -180,6 +180,17 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
   /// position stays inside the ring whatever `n` is.
   static func advance(_ index: inout UInt16, _ wrap: inout Bool, by n: Int, size: UInt16) {
     let ringSize = Int(size)
+    let step = Int(index) &+ n
+    if n >= 0 && n <= ringSize {
+      // The common case (a chain never takes more than the ring): at most one lap.
+      if step >= ringSize {
+        index = UInt16(truncatingIfNeeded: step - ringSize)
+        wrap.toggle()
+      } else {
+        index = UInt16(truncatingIfNeeded: step)
+      }
+      return
+    }
     let total = Int(index) + max(n, 0) % (2 * ringSize)
     if (total / ringSize) % 2 == 1 { wrap.toggle() }
     index = UInt16(truncatingIfNeeded: total % ringSize)
