@@ -31,7 +31,7 @@ let package = Package(
     .target(name: "VhostTransport", dependencies: ["VhostSystem", "VhostProtocol"], swiftSettings: strict),
     .target(
       name: "VhostTools", dependencies: ["VhostProtocol", "VhostSystem", "VhostTransport"], swiftSettings: strict),
-    .target(name: "Virtqueue", dependencies: ["VhostSystem"], swiftSettings: strict),
+    .target(name: "Virtqueue", dependencies: ["VhostProtocol", "VhostSystem"], swiftSettings: strict),
     .target(
       name: "VhostFrontend",
       dependencies: [
