@@ -159,9 +159,14 @@ public final class BackendSession: @unchecked Sendable {
       return true
     } catch let failure as RequestFailure {
       return fail(code, needReply: needReply, failure)
-    } catch {
+    } catch let error as ChannelError {
+      // The reply could not be sent: the connection is gone or out of step.
       log.warning("\(code.name): \(error)")
       return false
+    } catch {
+      // A device (or anything below the session) refused: that request fails, with a non-zero
+      // REPLY_ACK where one was asked for — the connection stays.
+      return fail(code, needReply: needReply, RequestFailure("\(error)"))
     }
   }
 

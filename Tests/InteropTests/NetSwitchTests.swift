@@ -532,8 +532,16 @@ struct NetSwitchTests {
     #expect(try nics[1].receive(1).first?.1.count == 1414)
     #expect(netWait { h.ports[0].dropReasons[.oversize] == 1 })
     #expect(h.ports[0].portMTU == 1400)
-    // Above --mtu: refused (the framework closes the connection on a device's refusal today).
-    #expect(throws: (any Error).self) { try nics[0].driver.frontend.netSetMTU(9000) }
+    // Above --mtu: refused with a non-zero REPLY_ACK; the connection stays and the MTU is unchanged.
+    #expect {
+      try nics[0].driver.frontend.netSetMTU(9000)
+    } throws: { error in
+      if case FrontendError.refused = error { return true }
+      return false
+    }
+    #expect(h.ports[0].portMTU == 1400)
+    try nics[0].driver.frontend.netSetMTU(1500)
+    #expect(h.ports[0].portMTU == 1500)
   }
 
   @Test(
