@@ -45,7 +45,7 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
   let pool: WorkerPool?
 
   public init(
-    path: String, readOnly: Bool = false, numQueues: Int = 1, queueSize: Int = 256, serial: String = "",
+    path: String, readOnly: Bool = false, numQueues: Int = 1, queueSize: Int = 1024, serial: String = "",
     direct: Bool = false, ioThreads: Int = 0
   ) throws {
     file = try BlockFile(path: path, readOnly: readOnly, direct: direct)
@@ -74,7 +74,7 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
     return f
   }
   public var queueCount: Int { numQueues }
-  public var maxQueueSize: Int { max(queueSize, 1024) }
+  public var maxQueueSize: Int { queueSize }
   public var capabilityFeatures: [String] { ["read-only", "blk-file"] }
 
   public func readConfig() -> [UInt8] {

@@ -147,13 +147,15 @@ public struct UnixListener: Sendable {
   public let fd: OwnedFD
   public let path: String?
 
-  /// Binds and listens at `path`, replacing a stale socket file.
+  /// Binds and listens at `path`. Something already there is only replaced when it is a socket
+  /// nobody listens on (connect(2) refused: a stale socket of an earlier run); a live socket, a
+  /// regular file, a directory or anything else is refused with an error naming it — never deleted.
   public init(path: String, backlog: Int32 = 16) throws(SystemError) {
+    try Self.clearStaleSocket(at: path)
     let raw = try syscall("socket(AF_UNIX)") {
       socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     }
     let fd = OwnedFD(taking: raw)
-    unlink(path)
     var addr = try UnixSocket.makeAddress(path)
     _ = try syscall("bind(\(path))") {
       withUnsafePointer(to: &addr) {
@@ -165,6 +167,40 @@ public struct UnixListener: Sendable {
     _ = try syscall("listen(\(path))") { listen(raw, backlog) }
     self.fd = fd
     self.path = path
+  }
+
+  /// Removes `path` if it is a stale socket; throws if something else is there (lstat(2), connect(2)).
+  static func clearStaleSocket(at path: String) throws(SystemError) {
+    var st = stat()
+    guard lstat(path, &st) == 0 else {
+      if errno == ENOENT { return }
+      throw .current("lstat(\(path))")
+    }
+    guard st.st_mode & S_IFMT == S_IFSOCK else {
+      let kind =
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: "a regular file"
+        case S_IFDIR: "a directory"
+        case S_IFLNK: "a symbolic link"
+        default: "not a socket"
+        }
+      throw SystemError("refusing to replace \(path): it is \(kind), not a socket", errno: EEXIST)
+    }
+    if let live = try? UnixSocket.connect(to: path) {
+      _ = live
+      throw SystemError("refusing to replace \(path): another process is listening on it", errno: EADDRINUSE)
+    }
+    guard unlink(path) == 0 || errno == ENOENT else { throw .current("unlink(\(path))") }
+  }
+
+  /// Whether `fd` is a listening AF_UNIX stream socket (getsockopt SO_ACCEPTCONN, SO_DOMAIN).
+  public static func isListeningSocket(_ fd: Int32) -> Bool {
+    var value: Int32 = 0
+    var length = socklen_t(MemoryLayout<Int32>.size)
+    guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &length) == 0, value == 1 else { return false }
+    length = socklen_t(MemoryLayout<Int32>.size)
+    guard getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &length) == 0 else { return false }
+    return value == AF_UNIX
   }
 
   /// Adopts an inherited listening socket (`--fd N`).

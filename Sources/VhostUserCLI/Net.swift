@@ -29,13 +29,17 @@ struct Net: ParsableCommand {
   @Option(help: "Frames that may wait for a port's receive buffers.") var pendingFrames = 1024
 
   func validate() throws {
+    if options.printCapabilities { return }
     guard NetSwitch.Forwarding(rawValue: forward) != nil else {
       throw ValidationError("--forward must be one of \(NetSwitch.Forwarding.allCases.map(\.rawValue))")
     }
     guard (1...128).contains(queues) else { throw ValidationError("--queues must be 1...128") }
     guard (68...65535).contains(mtu) else { throw ValidationError("--mtu must be 68...65535") }
     guard (14...(mtu + 18)).contains(txpkts) else { throw ValidationError("--txpkts must be 14...MTU+18") }
-    guard Self.parseMAC(mac) != nil else { throw ValidationError("--mac must look like 52:54:00:12:34:56") }
+    guard let address = Self.parseMAC(mac) else { throw ValidationError("--mac must look like 52:54:00:12:34:56") }
+    guard address[0] & 1 == 0, address != [0, 0, 0, 0, 0, 0] else {
+      throw ValidationError("--mac \(mac) is a multicast, broadcast or zero address; a port needs a unicast one")
+    }
     guard (1...65536).contains(pendingFrames) else { throw ValidationError("--pending-frames must be 1...65536") }
   }
 
@@ -60,14 +64,12 @@ struct Net: ParsableCommand {
       print("{\n  \"type\": \"net\",\n  \"features\": []\n}")
       return
     }
-    // SIGUSR1 prints the counters; it is blocked in every thread (all started after this) and
-    // taken with sigwait on one.
-    var usr1 = sigset_t()
-    sigemptyset(&usr1)
-    sigaddset(&usr1, SIGUSR1)
-    pthread_sigmask(SIG_BLOCK, &usr1, nil)
+    // Before any thread exists (TAP readers, workers): SIGTERM/SIGINT/SIGHUP blocked everywhere.
+    DaemonSignals.blockTermination()
+    let resources = DaemonResources()
+    defer { resources.release() }
 
-    let configuration = options.configuration
+    let configuration = options.configuration(socket: nil)
     let sw = NetSwitch(
       forwarding: mode, ageingSeconds: macAgeing,
       wakeReceivers: !configuration.poll && (mode == .switch || mode == .io))
@@ -80,8 +82,13 @@ struct Net: ParsableCommand {
       ports.append(port)
       servers.append(port.makeServer(listener: listener, configuration: configuration))
     }
-    if let fd = options.fd { addPort(UnixListener(inheriting: OwnedFD(taking: fd)), name: "fd \(fd)") }
-    for path in options.socketPath { addPort(try UnixListener(path: path), name: "socket \(path)") }
+    if let fd = options.fd {
+      guard UnixListener.isListeningSocket(fd) else {
+        throw CLIError("--fd \(fd) is not a listening Unix stream socket")
+      }
+      addPort(UnixListener(inheriting: OwnedFD(taking: fd)), name: "fd \(fd)")
+    }
+    for path in options.socketPath { addPort(try resources.listen(path), name: "socket \(path)") }
     var taps: [NetTap] = []
     for name in tap {
       let t = try NetTap(name: name, mtu: mtu)
@@ -91,26 +98,20 @@ struct Net: ParsableCommand {
     }
 
     let all = servers
-    // Threads started from here on inherit the blocked SIGTERM/SIGINT/SIGUSR1.
-    SignalThread.start { for s in all { s.stop() } }
-    try? SystemThread.start(name: "vhost-net-stats") {
-      while true {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGUSR1)
-        var sig: Int32 = 0
-        if sigwait(&set, &sig) == 0 {
-          Self.emit(sw.report())
-        }
-      }
-    }
+    let log = options.logger(socket: nil)
+    DaemonSignals.start(
+      onTerminate: { name in
+        log.info("\(name): stopping")
+        for s in all { s.stop() }
+      }, onStatus: { Self.emit(sw.report()) })
     for t in taps { t.start() }
+    debugTrapIfAsked()
     for s in servers.dropLast() { s.startInBackground() }
+    log.info("serving \(ports.count) port(s), forwarding \(mode.rawValue)")
     servers.last?.run()
     for s in servers.dropLast() { s.stopAndWait() }
     for t in taps { t.stop() }
     sw.shutdown()
-    for path in options.socketPath { unlink(path) }
     let r = ports.reduce(NetCounters()) { $0 + $1.received }
     let d = ports.reduce(NetCounters()) { $0 + $1.delivered }
     Self.emit(

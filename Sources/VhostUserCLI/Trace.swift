@@ -1,5 +1,6 @@
 import ArgumentParser
 import VhostProtocol
+import VhostSystem
 import VhostTools
 
 #if canImport(Glibc)
@@ -43,7 +44,7 @@ struct Trace: ParsableCommand {
     } catch {
       throw CLIError("cannot listen on \(listen): \(error)")
     }
-    SignalThread.start { tracer.stop() }
+    DaemonSignals.start(onTerminate: { _ in tracer.stop() })
     tracer.run()
     tracer.stopAndWait()
     unlink(listen)

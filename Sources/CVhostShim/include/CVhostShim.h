@@ -100,6 +100,11 @@ static inline void _cvh_prefetch(const void *p, int write) {
 /// (kcmp(2) KCMP_FILE): 1 yes, 0 no, -1 with errno when the kernel cannot tell.
 int _cvh_same_file(int a, int b);
 
+/// Installs a SIGUSR1 handler that only writes 8 bytes to `fd` (an eventfd; async-signal-safe),
+/// so a thread can poll `fd` for "print the counters" without blocking or waiting for SIGUSR1 —
+/// the Swift runtime's crash handler needs that signal delivered normally. 0 or -1 with errno.
+int _cvh_install_status_signal(int fd);
+
 /// Sets O_NONBLOCK on `fd` (fcntl F_GETFL/F_SETFL); 0 or -1 with errno.
 int _cvh_set_nonblocking(int fd);
 
