@@ -5,7 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
 export VHOST_E2E_REQUIRED=1
-swift build --build-tests
+# The arithmetic rule of SECURITY.md, and every product building on its own (no undeclared import).
+bash scripts/lint-arithmetic.sh
+swift build --build-tests --explicit-target-dependency-import-check error
+# A package outside this one that builds a device on the public API (Examples/).
+(cd Examples && swift build --build-tests && swift test --skip-build)
 swift test --skip-build --no-parallel
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
 # The tool reports of docs/TOOLS.md, regenerated into a scratch directory: a QEMU guest through the

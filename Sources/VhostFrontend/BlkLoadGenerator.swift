@@ -94,6 +94,7 @@ public final class BlkLoadGenerator: @unchecked Sendable {
       try mem.store(UInt8(0xff), at: slot.header + 16)
       slot.head = try q.ring.add([
         DriverBuffer(guestAddress: g.gpa(slot.header), length: 16, deviceWritable: false),
+        // bounded: the block size is validated by `bench blk` (at most 1 MiB)
         DriverBuffer(guestAddress: g.gpa(slot.data), length: UInt32(blockSize), deviceWritable: !write),
         DriverBuffer(guestAddress: g.gpa(slot.header + 16), length: 1, deviceWritable: true),
       ])
