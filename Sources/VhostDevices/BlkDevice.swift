@@ -85,14 +85,14 @@ public final class BlkDevice: VhostUserDevice, @unchecked Sendable {
     w.write(UInt16(0))  // geometry.cylinders
     w.write(UInt8(0))  // geometry.heads
     w.write(UInt8(0))  // geometry.sectors
-    w.write(UInt32(Self.sectorSize))  // blk_size
+    w.write(UInt32(truncatingIfNeeded: Self.sectorSize))  // blk_size
     w.write(UInt8(0))  // physical_block_exp
     w.write(UInt8(0))  // alignment_offset
     w.write(UInt16(1))  // min_io_size
     w.write(UInt32(0))  // opt_io_size
     w.write(UInt8(writeback.load(ordering: .relaxed) ? 1 : 0))  // writeback
     w.write(UInt8(0))  // unused
-    w.write(UInt16(numQueues))  // num_queues
+    w.write(UInt16(truncatingIfNeeded: numQueues))  // num_queues (1...64, checked by the CLI)
     w.write(Self.maxDiscardSectors)  // max_discard_sectors
     w.write(UInt32(1))  // max_discard_seg
     w.write(UInt32(1))  // discard_sector_alignment
