@@ -379,23 +379,10 @@ enum FuzzInflight {
       }
       split.inflight = tracker
     } else if let packedRing = ring as? PackedDeviceRing, let tracker = region.packedQueue(0, ringSize: size) {
-      let position = packedRing.usedPosition
-      if tracker.isInitialized,
-        case .pending(let pending) = tracker.recover(features: 0, usedIndex: position.index, usedWrap: position.wrap)
-      {
-        var slots = 0
-        for p in pending {
-          if let chain = try? packedRing.rebuild(p.descriptors, head: p.head) {
-            resubmitted.append(chain)
-            tracker.adopt(head: p.head, id: chain.head)
-          }
-          slots += p.descriptors.count
-        }
-        let used = tracker.recordedUsed
-        if (try? packedRing.resume(usedIndex: used.index, usedWrap: used.wrap, afterResubmitting: slots)) == nil {
-          resubmitted = []
-        }
-      } else if !tracker.isInitialized {
+      if tracker.isInitialized {
+        if case .pending(let chains) = packedRing.replay(tracker, features: 0) { resubmitted = chains }
+      } else {
+        let position = packedRing.usedPosition
         tracker.initialize(features: 0, descNum: size, usedIndex: position.index, usedWrap: position.wrap)
       }
       packedRing.inflight = tracker

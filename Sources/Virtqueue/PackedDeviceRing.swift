@@ -252,4 +252,31 @@ public final class PackedDeviceRing: DeviceRing, @unchecked Sendable {
     if let log, configuration.logUsed { log.mark(guestAddress: deviceGPA &+ 2, length: 2) }
     SharedMemory.fullFence()
   }
+
+  /// Replays what `tracker` recorded as in flight (after a restart): the recovered chains, rebuilt
+  /// and adopted, to resubmit first, and the ring resumed after their slots. An area that does not
+  /// describe this ring is reset instead (`.reset(reason)`), and nothing is resubmitted.
+  public func replay(_ tracker: InflightPackedQueue, features: UInt64) -> InflightRecovery<[DescriptorChain]> {
+    let position = usedPosition
+    switch tracker.recover(features: features, usedIndex: position.index, usedWrap: position.wrap) {
+    case .reset(let reason): return .reset(reason)
+    case .pending(let pending):
+      var slots = 0
+      var chains: [DescriptorChain] = []
+      for p in pending {
+        if let chain = try? rebuild(p.descriptors, head: p.head) {
+          chains.append(chain)
+          tracker.adopt(head: p.head, id: chain.head)
+        }
+        slots += p.descriptors.count
+      }
+      let used = tracker.recordedUsed
+      do {
+        try resume(usedIndex: used.index, usedWrap: used.wrap, afterResubmitting: slots)
+      } catch {
+        return .reset("\(error)")
+      }
+      return .pending(chains)
+    }
+  }
 }
